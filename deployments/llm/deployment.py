@@ -1,0 +1,61 @@
+"""The LLM deployment: one per configured LLM, a vLLM engine per replica.
+
+Imports of vLLM happen in ``__init__`` (through ``deployments.llm.engine``), so building the
+application graph does not need vLLM in the driver or the ingress.
+"""
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from deployments.common.contracts import Frame
+
+logger = logging.getLogger("deployments.llm")
+
+# In-process engine core: faster start, one process per replica for Ray to account for.
+ENGINE_ENV_DEFAULTS = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_NO_USAGE_STATS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+class LLMDeployment:
+    """Serves OpenAI chat and legacy completions for one model with vLLM."""
+
+    def __init__(self, model_id: str, source: str, engine_options: dict[str, Any]) -> None:
+        for key, value in ENGINE_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        from deployments.llm.engine import VLLMEngine  # noqa: PLC0415 - vLLM only in replicas
+
+        self.model_id = model_id
+        self.engine = VLLMEngine(model_id, source, engine_options)
+        logger.info("LLM %s ready (source %s)", model_id, source)
+
+    async def generate(
+        self, endpoint: str, body: dict[str, Any], request_id: str
+    ) -> AsyncIterator[Frame]:
+        """Run a chat (``endpoint="chat"``) or completions request; yields frames.
+
+        Call through a streaming handle. The first frame is an ``ErrorFrame``, a ``JSONFrame``
+        (non-streaming request) or the first ``ChunkFrame`` of a stream. Chunks are yielded as
+        soon as the engine produces them. Cancelling the call aborts the generation.
+        """
+        async for frame in self.engine.generate(endpoint, body, request_id):
+            yield frame
+
+    async def ready(self) -> str:
+        """Return the model id once the engine answers a health check (raises otherwise)."""
+        await self.engine.check_health()
+        return self.model_id
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: raises when the engine core is dead."""
+        await self.engine.check_health()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()

@@ -1,0 +1,161 @@
+"""The one module that imports vLLM: ``AsyncLLM`` plus vLLM's own OpenAI serving layer.
+
+Chat templates, sampling parameters, tool and reasoning parsing, logprobs and structured
+outputs therefore behave exactly as in vLLM's server. This module turns what that layer
+returns into the plain frames of ``deployments.common.contracts``.
+"""
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+from vllm.entrypoints.openai.models.protocol import BaseModelPath
+from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.renderers.chat_utils import load_chat_template
+from vllm.renderers.online_renderer import OnlineRenderer
+from vllm.usage.usage_lib import UsageContext
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from deployments.common.contracts import ChunkFrame, ErrorFrame, Frame, JSONFrame
+from deployments.llm.schema import drop_nulls, validation_error
+
+logger = logging.getLogger("deployments.llm")
+
+_SSE_PREFIX = "data: "
+_SSE_DONE = "[DONE]"
+
+
+def engine_args(model_id: str, source: str, options: dict[str, Any]) -> AsyncEngineArgs:
+    """Build ``AsyncEngineArgs`` from the config's engine options."""
+    opts = dict(options)
+    extra = opts.pop("extra", {}) or {}
+    for key in ("chat_template", "tool_call_parser", "enable_auto_tool_choice"):
+        opts.pop(key, None)
+    reasoning_parser = opts.pop("reasoning_parser", None)
+    if reasoning_parser:
+        extra.setdefault("reasoning_parser", reasoning_parser)
+    kwargs = {k: v for k, v in opts.items() if v is not None}
+    return AsyncEngineArgs(
+        model=source,
+        served_model_name=[model_id],
+        disable_log_stats=True,
+        **kwargs,
+        **extra,
+    )
+
+
+class VLLMEngine:
+    """One vLLM engine and the OpenAI serving objects bound to it."""
+
+    def __init__(self, model_id: str, source: str, options: dict[str, Any]) -> None:
+        self.model_id = model_id
+        self.engine = AsyncLLM.from_engine_args(
+            engine_args(model_id, source, options), usage_context=UsageContext.OPENAI_API_SERVER
+        )
+        chat_template = load_chat_template(options.get("chat_template"))
+        tool_parser = options.get("tool_call_parser")
+        auto_tools = bool(options.get("enable_auto_tool_choice"))
+        reasoning_parser = options.get("reasoning_parser") or ""
+        self.models = OpenAIServingModels(
+            engine_client=self.engine,
+            base_model_paths=[BaseModelPath(name=model_id, model_path=source)],
+        )
+        self.renderer = OnlineRenderer(
+            model_config=self.engine.model_config,
+            renderer=self.engine.renderer,
+            request_logger=None,
+            chat_template=chat_template,
+            chat_template_content_format="auto",
+            trust_request_chat_template=False,
+            trust_request_mm_kwargs=False,
+            enable_auto_tools=auto_tools,
+            exclude_tools_when_tool_choice_none=False,
+            tool_parser=tool_parser,
+            tool_strict_level="auto",
+            reasoning_parser=reasoning_parser,
+            default_chat_template_kwargs=None,
+            log_error_stack=False,
+        )
+        self.renderer.warmup()
+        self.chat = OpenAIServingChat(
+            self.engine,
+            self.models,
+            "assistant",
+            online_renderer=self.renderer,
+            request_logger=None,
+            chat_template=chat_template,
+            chat_template_content_format="auto",
+            enable_auto_tools=auto_tools,
+            tool_parser=tool_parser,
+            reasoning_parser=reasoning_parser,
+        )
+        self.completion = OpenAIServingCompletion(
+            self.engine,
+            self.models,
+            online_renderer=self.renderer,
+            request_logger=None,
+        )
+
+    async def check_health(self) -> None:
+        """Raise if the engine core is dead."""
+        await self.engine.check_health()
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+    async def generate(
+        self, endpoint: str, body: dict[str, Any], request_id: str
+    ) -> AsyncIterator[Frame]:
+        """Run one OpenAI request (``endpoint`` is ``chat`` or ``completions``) and yield frames."""
+        body = {**body, "model": self.model_id, "request_id": request_id}
+        try:
+            if endpoint == "chat":
+                result = await self.chat.create_chat_completion(
+                    ChatCompletionRequest.model_validate(body)
+                )
+            else:
+                result = await self.completion.create_completion(
+                    CompletionRequest.model_validate(body)
+                )
+        except ValidationError as exc:
+            yield validation_error(exc)
+            return
+        except Exception as exc:  # vLLM raises its own errors for bad parameters
+            result = self.chat.create_error_response(exc)
+        if isinstance(result, ErrorResponse):
+            yield error_frame(result.error.model_dump())
+            return
+        if not hasattr(result, "__aiter__"):
+            yield JSONFrame(drop_nulls(result.model_dump(mode="json")))
+            return
+        async for event in result:
+            payload = event.strip()
+            if not payload.startswith(_SSE_PREFIX):
+                continue
+            payload = payload[len(_SSE_PREFIX) :]
+            if payload == _SSE_DONE:
+                return
+            data = json.loads(payload)
+            if "error" in data:
+                yield error_frame(data["error"])
+                return
+            yield ChunkFrame(json.dumps(drop_nulls(data), separators=(",", ":")))
+
+
+def error_frame(error: dict[str, Any]) -> ErrorFrame:
+    """Map vLLM's error (``code`` holds the HTTP status) to our frame."""
+    status = error.get("code")
+    status = status if isinstance(status, int) and 400 <= status < 600 else 500
+    message = error.get("message") or "request failed"
+    if status >= 500:
+        logger.error("engine error: %s", message)
+        message = "The model backend failed to process the request."
+    return ErrorFrame(status, message, param=error.get("param"))

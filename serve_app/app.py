@@ -1,0 +1,33 @@
+"""Composition root: ``build_app(args)`` is the only place that binds deployments.
+
+``serve run serve_config.yaml`` calls it with the config's ``args``; Serve validates them
+against ``AppConfig`` first, so a bad config fails the deploy with pydantic's message.
+"""
+
+import time
+from pathlib import Path
+
+from ray import serve
+from ray.serve import Application
+
+from deployments.llm.deployment import LLMDeployment
+from serve_app.config import AppConfig, deployment_name
+from serve_app.ingress import Ingress
+from serve_app.models import default_models_dir
+
+
+def build_app(args: AppConfig) -> Application:
+    """Bind one deployment per configured model and the ingress in front of them."""
+    handles = {}
+    for model in args.models:
+        source = args.resolve_source(model.source, default_models_dir())
+        if not Path(source).is_dir():
+            raise ValueError(
+                f"model {model.id!r}: source {source} is not a directory; "
+                "prepare the models first (`make setup` or `python -m serve_app.models prepare`)"
+            )
+        options = model.deployment.to_serve_options(deployment_name(model.id, model.family))
+        deployment = serve.deployment(LLMDeployment).options(**options)
+        handles[model.id] = deployment.bind(model.id, source, model.engine.model_dump())
+    ingress = serve.deployment(Ingress).options(**args.ingress.to_serve_options("ingress"))
+    return ingress.bind(args.model_dump(mode="json"), handles, int(time.time()))

@@ -1,0 +1,81 @@
+"""The one error envelope and the one exception -> HTTP status mapping of the ingress."""
+
+import logging
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deployments.common.contracts import ErrorFrame
+from deployments.common.errors import describe_validation_errors
+
+logger = logging.getLogger("serve_app")
+
+
+class APIError(Exception):
+    """Raise anywhere in the ingress to answer with an OpenAI error envelope."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.frame = ErrorFrame(status, message, param=param, code=code)
+
+
+def request_id_of(request: Request) -> str:
+    """The request id Serve's proxy assigned (or the client sent as ``x-request-id``).
+
+    Serve's proxy sets the header on every request and echoes it on every response; outside
+    Serve (unit tests) a fresh id is made once per request.
+    """
+    request_id = request.headers.get("x-request-id") or getattr(request.state, "request_id", "")
+    if not request_id:
+        request_id = request.state.request_id = uuid.uuid4().hex
+    return request_id
+
+
+def error_response(frame: ErrorFrame, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(frame.envelope(), status_code=frame.status, headers=headers)
+
+
+def server_error(request_id: str, status: int = 500, message: str | None = None) -> JSONResponse:
+    """A 5xx envelope that names the request id and nothing internal."""
+    text = message or "The server had an error while processing your request."
+    return error_response(ErrorFrame(status, f"{text} (request id: {request_id})"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error FastAPI or our code raises into the envelope."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return error_response(exc.frame)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(
+            err.get("type") == "json_invalid" or tuple(err["loc"]) == ("body",) for err in errors
+        ):
+            message = "We could not parse the JSON body of your request: send a JSON object."
+            return error_response(ErrorFrame(400, message))
+        message, param = describe_validation_errors(errors)
+        return error_response(ErrorFrame(400, message, param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            message = f"Unknown request URL: {request.method} {request.url.path}."
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed for {request.url.path}."
+        else:
+            message = str(exc.detail)
+        return error_response(ErrorFrame(exc.status_code, message), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        request_id = request_id_of(request)
+        logger.exception("unhandled error [request_id=%s]", request_id)
+        return server_error(request_id)

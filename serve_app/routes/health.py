@@ -1,0 +1,39 @@
+"""``GET /health`` (no auth): per-model readiness, 200 when all are ready, else 503."""
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from serve_app.registry import ModelRegistry, ServedModel
+from serve_app.routes.deps import registry
+
+logger = logging.getLogger("serve_app")
+router = APIRouter()
+
+
+async def _ready(model: ServedModel, timeout_s: float) -> bool:
+    try:
+        await asyncio.wait_for(model.handle.ready.remote(), timeout_s)
+    except Exception as exc:  # timeouts, dead replicas, engine errors: all mean "not ready"
+        logger.warning("health: %s not ready: %s", model.id, type(exc).__name__)
+        return False
+    return True
+
+
+@router.get("/health")
+async def health(
+    request: Request, models: Annotated[ModelRegistry, Depends(registry)]
+) -> JSONResponse:
+    timeout_s = request.app.state.settings.health_timeout_s
+    states = await asyncio.gather(*(_ready(m, timeout_s) for m in models.models))
+    body = {
+        "status": "ok" if all(states) else "unavailable",
+        "models": {
+            m.id: {"type": m.config.type, "ready": ok}
+            for m, ok in zip(models.models, states, strict=True)
+        },
+    }
+    return JSONResponse(body, status_code=200 if all(states) else 503)

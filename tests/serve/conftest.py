@@ -1,0 +1,91 @@
+"""One real Ray cluster + Serve app per session: the shipped serve_config.yaml, real models.
+
+The app runs with API keys set, so the same session also proves the 401 paths.
+"""
+
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from openai import OpenAI
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "test-key-1"
+OTHER_KEY = "test-key-2"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def base_url() -> Iterator[str]:
+    # Workers inherit the driver's environment: set it before Ray starts.
+    os.environ["SERVE_APP_API_KEYS"] = f"{API_KEY},{OTHER_KEY}"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.config import AppConfig
+
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    (app_config,) = config["applications"]
+    args = AppConfig.model_validate(app_config["args"])
+
+    temp_dir = Path(tempfile.gettempdir()) / f"ray-openai-serve-{os.getuid()}"
+    ray.init(
+        address="local",
+        num_cpus=4,  # fractional reservations of ingress + replicas exceed 2 real cores
+        include_dashboard=False,
+        _temp_dir=str(temp_dir),
+        logging_level="WARNING",
+    )
+    port = free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(args), name="openai", route_prefix="/", blocking=False)
+        _wait_healthy(f"http://127.0.0.1:{port}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _wait_healthy(url: str, deadline_s: float = 300) -> None:
+    import time
+
+    end = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < end:
+        try:
+            last = httpx.get(f"{url}/health", timeout=10)
+            if last.status_code == 200:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(1)
+    raise RuntimeError(f"app not healthy after {deadline_s}s: {last}")
+
+
+@pytest.fixture(scope="session")
+def client(base_url: str) -> OpenAI:
+    return OpenAI(base_url=f"{base_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def http(base_url: str) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=120) as session:
+        yield session

@@ -51,6 +51,10 @@ class LLMDeployment:
         await self.engine.check_health()
         return self.model_id
 
+    async def num_unfinished_requests(self) -> int:
+        """Requests the engine is still working on (queued or generating)."""
+        return self.engine.num_unfinished_requests()
+
     async def check_health(self) -> None:
         """Serve's periodic health check: raises when the engine core is dead."""
         await self.engine.check_health()

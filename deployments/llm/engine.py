@@ -108,6 +108,9 @@ class VLLMEngine:
         """Raise if the engine core is dead."""
         await self.engine.check_health()
 
+    def num_unfinished_requests(self) -> int:
+        return self.engine.get_num_unfinished_requests()
+
     def shutdown(self) -> None:
         self.engine.shutdown()
 

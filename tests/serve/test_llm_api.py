@@ -1,6 +1,7 @@
 """End to end: real Serve, real vLLM (SmolLM2 on CPU), real HTTP, the official openai SDK."""
 
 import json
+import time
 
 import httpx
 import openai
@@ -216,3 +217,24 @@ def test_every_response_carries_a_request_id(base_url: str, http: httpx.Client):
         assert len(response.headers.get_list("x-request-id")) == 1, response.headers
     mine = http.get("/v1/models", headers={"x-request-id": "client-chosen-id"})
     assert mine.headers["x-request-id"] == "client-chosen-id"
+
+
+def test_client_disconnect_aborts_generation(base_url: str, http: httpx.Client):
+    from ray import serve
+
+    llm = serve.get_deployment_handle(f"llm-{MODEL}", app_name="openai")
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count from 1 to 1000, one per line."}],
+        "max_tokens": 1500,
+        "stream": True,
+    }
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert llm.num_unfinished_requests.remote().result() == 1
+    # The connection is closed mid-stream: the engine must drop the request promptly.
+    deadline = time.monotonic() + 5
+    while llm.num_unfinished_requests.remote().result() != 0:
+        assert time.monotonic() < deadline, "generation still running after disconnect"
+        time.sleep(0.1)

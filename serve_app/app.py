@@ -10,14 +10,18 @@ from pathlib import Path
 from ray import serve
 from ray.serve import Application
 
+from deployments.audio.deployment import AudioPreprocessor
 from deployments.llm.deployment import LLMDeployment
+from deployments.whisper.deployment import WhisperDeployment
 from serve_app.config import AppConfig, deployment_name
 from serve_app.ingress import Ingress
 from serve_app.models import default_models_dir
 
+BACKENDS = {"llm": LLMDeployment, "whisper": WhisperDeployment}
+
 
 def build_app(args: AppConfig) -> Application:
-    """Bind one deployment per configured model and the ingress in front of them."""
+    """Bind one deployment per configured model, the audio pool, and the ingress in front."""
     handles = {}
     for model in args.models:
         source = args.resolve_source(model.source, default_models_dir())
@@ -27,7 +31,13 @@ def build_app(args: AppConfig) -> Application:
                 "prepare the models first (`make setup` or `python -m serve_app.models prepare`)"
             )
         options = model.deployment.to_serve_options(deployment_name(model.id, model.family))
-        deployment = serve.deployment(LLMDeployment).options(**options)
+        deployment = serve.deployment(BACKENDS[model.family]).options(**options)
         handles[model.id] = deployment.bind(model.id, source, model.engine.model_dump())
+    preprocessor = None
+    if args.stt_models:
+        options = args.audio.deployment.to_serve_options("audio-preprocessor")
+        preprocessor = (
+            serve.deployment(AudioPreprocessor).options(**options).bind(args.audio.max_duration_s)
+        )
     ingress = serve.deployment(Ingress).options(**args.ingress.to_serve_options("ingress"))
-    return ingress.bind(args.model_dump(mode="json"), handles, int(time.time()))
+    return ingress.bind(args.model_dump(mode="json"), handles, preprocessor, int(time.time()))

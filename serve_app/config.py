@@ -107,7 +107,7 @@ class LLMModelConfig(StrictModel):
     id: Annotated[str, Field(pattern=MODEL_ID_PATTERN)] = Field(
         description="Model id clients send in `model`."
     )
-    family: Literal["llm"] = "llm"
+    family: Literal["llm"]
     source: str = Field(
         description="Weights directory; relative paths resolve against the models dir."
     )
@@ -130,10 +130,71 @@ class LLMModelConfig(StrictModel):
         return self.engine.max_model_len
 
 
+class WhisperEngineOptions(StrictModel):
+    """faster-whisper options."""
+
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where the model runs.")
+    compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16...).")
+    beam_size: int = Field(5, ge=1, le=16, description="Beam width for decoding.")
+    vad_filter: bool = Field(False, description="Skip non-speech with Silero VAD.")
+    cpu_threads: int = Field(0, ge=0, description="CTranslate2 CPU threads (0: its default).")
+    num_workers: int = Field(1, ge=1, description="Transcriptions one replica runs at once.")
+
+
+class WhisperModelConfig(StrictModel):
+    """One speech-to-text model served by its own faster-whisper deployment."""
+
+    id: Annotated[str, Field(pattern=MODEL_ID_PATTERN)] = Field(
+        description="Model id clients send in `model`."
+    )
+    family: Literal["whisper"]
+    source: str = Field(
+        description="CTranslate2 model directory; relative paths resolve against the models dir."
+    )
+    aliases: list[Annotated[str, Field(pattern=MODEL_ID_PATTERN)]] = Field(
+        default_factory=list, description="Other ids that resolve to this model (e.g. whisper-1)."
+    )
+    owned_by: str = Field("ray-openai-serve", description="`owned_by` in /v1/models.")
+    engine: WhisperEngineOptions = Field(default_factory=WhisperEngineOptions)
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=4),
+        description="Placement and scaling of this model's replicas.",
+    )
+
+    @property
+    def type(self) -> str:
+        return "stt"
+
+    @property
+    def context_length(self) -> int | None:
+        return None
+
+
+ModelConfig = Annotated[LLMModelConfig | WhisperModelConfig, Field(discriminator="family")]
+
+
+class AudioOptions(StrictModel):
+    """Upload limits and the CPU pool that decodes audio for the Whisper replicas."""
+
+    max_upload_bytes: int = Field(
+        25 * 1024 * 1024, ge=1, description="Largest accepted upload (413 above, before decoding)."
+    )
+    max_duration_s: float = Field(
+        1800, gt=0, description="Longest accepted audio after decoding (400 above)."
+    )
+    default_model: str | None = Field(
+        None, description="STT model used when a request names none (default: the first)."
+    )
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(num_cpus=0.5, max_ongoing_requests=8),
+        description="Placement and scaling of the audio preprocessor (keep num_gpus at 0).",
+    )
+
+
 class AppConfig(StrictModel):
     """The whole application: the models and the ingress deployment."""
 
-    models: list[LLMModelConfig] = Field(min_length=1, description="Models to serve.")
+    models: list[ModelConfig] = Field(min_length=1, description="Models to serve.")
     models_dir: str | None = Field(
         None,
         description="Where relative `source` paths resolve "
@@ -143,6 +204,7 @@ class AppConfig(StrictModel):
         default_factory=lambda: DeploymentOptions(num_cpus=0.5, max_ongoing_requests=512),
         description="Placement and scaling of the HTTP ingress.",
     )
+    audio: AudioOptions = Field(default_factory=AudioOptions, description="Speech endpoints.")
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "AppConfig":
@@ -155,7 +217,14 @@ class AppConfig(StrictModel):
                         f"and {model.id!r}"
                     )
                 seen[name] = model.id
+        default = self.audio.default_model
+        if default is not None and seen.get(default) not in {m.id for m in self.stt_models}:
+            raise ValueError(f"audio.default_model {default!r} is not a configured whisper model")
         return self
+
+    @property
+    def stt_models(self) -> list[WhisperModelConfig]:
+        return [m for m in self.models if isinstance(m, WhisperModelConfig)]
 
     def resolve_source(self, source: str, default_dir: Path) -> str:
         """Absolute path of a model's weights directory."""

@@ -4,9 +4,9 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from deployments.common.contracts import ChunkFrame, ErrorFrame, Frame, JSONFrame
+from deployments.common.contracts import ChunkFrame, ErrorFrame, Frame, JSONFrame, TextFrame
 from serve_app.errors import error_response, server_error
 from serve_app.sse import sse_stream
 
@@ -44,6 +44,9 @@ async def frames_to_response(stream: Any, request_id: str) -> Response:
     if isinstance(first, JSONFrame):
         stream.cancel()
         return JSONResponse(first.body)
+    if isinstance(first, TextFrame):
+        stream.cancel()
+        return PlainTextResponse(first.text, media_type=first.media_type)
     if isinstance(first, ChunkFrame):
         return StreamingResponse(
             sse_stream(first, _rest(stream), request_id),

@@ -3,13 +3,15 @@
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app.config import AppConfig, LLMModelConfig
+from serve_app.config import AppConfig, LLMModelConfig, WhisperModelConfig
 from serve_app.errors import APIError
+
+FAMILY_NAMES = {"llm": "a language model", "whisper": "a speech-to-text model"}
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    config: LLMModelConfig
+    config: LLMModelConfig | WhisperModelConfig
     handle: Any  # DeploymentHandle; Any keeps fakes usable in unit tests
 
     @property
@@ -29,16 +31,38 @@ class ServedModel:
 
 
 class ModelRegistry:
-    def __init__(self, config: AppConfig, handles: dict[str, Any], created: int) -> None:
+    def __init__(
+        self, config: AppConfig, handles: dict[str, Any], created: int, preprocessor: Any = None
+    ) -> None:
+        self.config = config
         self.created = created
+        self.preprocessor = preprocessor
         self.models = [ServedModel(m, handles[m.id]) for m in config.models]
         self._by_name: dict[str, ServedModel] = {}
         for model in self.models:
             for name in (model.id, *model.config.aliases):
                 self._by_name[name] = model
+        stt = config.audio.default_model or next((m.id for m in config.stt_models), None)
+        self.default_stt = self._by_name[stt] if stt else None
 
-    def get(self, name: str) -> ServedModel:
-        """The model for an id or alias; 404 ``model_not_found`` otherwise."""
+    def get(self, name: str, family: str, route: str) -> ServedModel:
+        """The model for an id or alias, checked to be of ``family`` for ``route``.
+
+        404 ``model_not_found`` for an unknown name; 400 for a model of another family.
+        """
+        model = self.lookup(name)
+        if model.config.family != family:
+            raise APIError(
+                400,
+                f"The model '{name}' is {FAMILY_NAMES[model.config.family]} and cannot be "
+                f"used with {route}.",
+                param="model",
+                code="model_not_supported",
+            )
+        return model
+
+    def lookup(self, name: str) -> ServedModel:
+        """The model for an id or alias, of any family; 404 ``model_not_found`` otherwise."""
         model = self._by_name.get(name)
         if model is None:
             shown = name if len(name) <= 100 else name[:100] + "..."

@@ -4,12 +4,17 @@ A backend call is a stream of frames. Its first frame decides the HTTP response:
 
 - ``ErrorFrame``: the request failed; the ingress answers with the OpenAI error envelope.
 - ``JSONFrame``: the whole (non-streaming) response body.
+- ``TextFrame``: the whole body as text (transcripts as ``text``, ``srt``, ``vtt``).
 - ``ChunkFrame``: the first of a streamed response's chunks; more follow, and an
   ``ErrorFrame`` may still come mid-stream (sent to the client as an SSE error event).
+
+``DecodedAudio`` is what the audio preprocessor hands the Whisper replicas.
 """
 
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(slots=True)
@@ -45,13 +50,33 @@ class JSONFrame:
 
 
 @dataclass(slots=True)
+class TextFrame:
+    """A complete plain-text body and its media type."""
+
+    text: str
+    media_type: str = "text/plain"
+
+
+@dataclass(slots=True)
 class ChunkFrame:
     """One streamed event: ``data`` is the JSON text of an SSE ``data:`` line."""
 
     data: str
 
 
-Frame = ErrorFrame | JSONFrame | ChunkFrame
+Frame = ErrorFrame | JSONFrame | TextFrame | ChunkFrame
+
+
+@dataclass(slots=True)
+class DecodedAudio:
+    """Mono float32 samples at ``sample_rate`` (16 kHz for Whisper)."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / self.sample_rate
 
 
 def error_type_for(status: int) -> str:

@@ -19,7 +19,8 @@ RequestId = Annotated[str, Depends(request_id)]
 async def _generate(
     endpoint: str, body: GenerationRequest, models: ModelRegistry, rid: str
 ) -> Response:
-    model = models.get(body.model)
+    route = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+    model = models.get(body.model, "llm", route)
     call = model.handle.options(stream=True).generate.remote(endpoint, body.to_backend(), rid)
     return await frames_to_response(call, rid)
 

@@ -19,4 +19,4 @@ async def list_models(models: Registry) -> dict[str, Any]:
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, models: Registry) -> dict[str, Any]:
-    return models.get(model_id).card(models.created)
+    return models.lookup(model_id).card(models.created)

@@ -41,32 +41,35 @@ class _Method:
 
 
 class FakeHandle:
-    """``handle.options(stream=True).generate.remote(...)`` and ``handle.ready.remote()``."""
+    """``handle.options(stream=True).<method>.remote(...)`` returns a ``FakeStream`` of
+    ``frames``; ``ready.remote()`` is awaitable; ``decode.remote(data)`` returns a marker."""
 
     def __init__(self, frames: list[Frame] | Exception, ready: bool = True) -> None:
         self.frames = frames
         self.is_ready = ready
-        self.calls: list[tuple[Any, ...]] = []
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.streams: list[FakeStream] = []
 
     def options(self, **_: Any) -> "FakeHandle":
         return self
 
-    @property
-    def generate(self) -> _Method:
-        def call(*args: Any) -> FakeStream:
-            self.calls.append(args)
+    def __getattr__(self, name: str) -> _Method:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def call(*args: Any) -> Any:
+            self.calls.append((name, args))
+            if name == "ready":
+                return self._ready()
+            if name == "decode":
+                return ("decoded", len(args[0]))
             stream = FakeStream(self.frames)
             self.streams.append(stream)
             return stream
 
         return _Method(call)
 
-    @property
-    def ready(self) -> _Method:
-        async def call() -> str:
-            if not self.is_ready:
-                raise RuntimeError("engine dead at /secret/path")
-            return "ok"
-
-        return _Method(call)
+    async def _ready(self) -> str:
+        if not self.is_ready:
+            raise RuntimeError("engine dead at /secret/path")
+        return "ok"

@@ -39,7 +39,12 @@ def test_serve_options_carry_placement_and_scaling():
 
 
 def test_fractional_gpu_is_placed():
-    model = {"id": "m", "source": "s", "deployment": {"num_gpus": 0.25, "max_ongoing_requests": 8}}
+    model = {
+        "id": "m",
+        "family": "llm",
+        "source": "s",
+        "deployment": {"num_gpus": 0.25, "max_ongoing_requests": 8},
+    }
     config = AppConfig.model_validate({"models": [model]})
     options = config.models[0].deployment.to_serve_options("n")
     assert options["ray_actor_options"]["num_gpus"] == 0.25
@@ -72,11 +77,13 @@ def test_bad_config_fails_with_a_clear_message(mutate, needle):
 
 
 def test_relative_sources_resolve_against_models_dir(tmp_path):
-    config = AppConfig.model_validate({"models": [{"id": "m", "source": "weights"}]})
+    config = AppConfig.model_validate(
+        {"models": [{"id": "m", "family": "llm", "source": "weights"}]}
+    )
     assert config.resolve_source("weights", tmp_path) == str(tmp_path / "weights")
     assert config.resolve_source("/abs/w", tmp_path) == "/abs/w"
     pinned = AppConfig.model_validate(
-        {"models_dir": str(tmp_path / "d"), "models": [{"id": "m", "source": "w"}]}
+        {"models_dir": str(tmp_path / "d"), "models": [{"id": "m", "family": "llm", "source": "w"}]}
     )
     assert pinned.resolve_source("w", Path("/elsewhere")) == str(tmp_path / "d" / "w")
 
@@ -90,7 +97,7 @@ def test_build_app_rejects_missing_weights(tmp_path):
     from serve_app.app import build_app
 
     config = AppConfig.model_validate(
-        {"models_dir": str(tmp_path), "models": [{"id": "m", "source": "absent"}]}
+        {"models_dir": str(tmp_path), "models": [{"id": "m", "family": "llm", "source": "absent"}]}
     )
     with pytest.raises(ValueError, match="prepare the models"):
         build_app(config)

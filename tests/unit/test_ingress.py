@@ -19,7 +19,7 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 def make_client(handle: FakeHandle, keys: list[str] | None = None) -> TestClient:
     config = AppConfig.model_validate(
-        {"models": [{"id": MODEL, "source": "x", "aliases": ["alias-1"]}]}
+        {"models": [{"id": MODEL, "family": "llm", "source": "x", "aliases": ["alias-1"]}]}
     )
     registry = ModelRegistry(config, {MODEL: handle}, created=123)
     app = create_app(registry, Settings(api_keys=keys or []))
@@ -64,7 +64,8 @@ def test_chat_json_frame_is_returned_and_alias_routes_to_model():
     response = client.post("/v1/chat/completions", json={**CHAT, "model": "alias-1", "top_k": 5})
     assert response.status_code == 200
     assert response.json() == body
-    endpoint, sent, request_id = handle.calls[0]
+    method, (endpoint, sent, request_id) = handle.calls[0]
+    assert method == "generate"
     assert endpoint == "chat"
     assert sent["top_k"] == 5  # extra fields pass through to vLLM
     assert "temperature" not in sent  # unset fields stay unset

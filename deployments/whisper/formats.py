@@ -1,0 +1,94 @@
+"""Render transcripts in OpenAI's response formats: json, text, verbose_json, srt, vtt.
+
+Pure functions over the segment dicts the Whisper engine yields.
+"""
+
+import json
+from typing import Any
+
+from deployments.common.contracts import ChunkFrame, Frame, JSONFrame, TextFrame
+from deployments.whisper.languages import LANGUAGES
+
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+
+
+def full_text(segments: list[dict[str, Any]]) -> str:
+    return "".join(seg["text"] for seg in segments).strip()
+
+
+def timestamp(seconds: float, separator: str) -> str:
+    """``HH:MM:SS<sep>mmm`` (``,`` for SRT, ``.`` for WebVTT)."""
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def to_srt(segments: list[dict[str, Any]]) -> str:
+    blocks = [
+        f"{i}\n{timestamp(s['start'], ',')} --> {timestamp(s['end'], ',')}\n{s['text'].strip()}\n"
+        for i, s in enumerate(segments, start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def to_vtt(segments: list[dict[str, Any]]) -> str:
+    blocks = [
+        f"{timestamp(s['start'], '.')} --> {timestamp(s['end'], '.')}\n{s['text'].strip()}\n"
+        for s in segments
+    ]
+    return "\n".join(["WEBVTT\n", *blocks])
+
+
+def to_verbose_json(
+    task: str,
+    language: str,
+    duration_s: float,
+    segments: list[dict[str, Any]],
+    granularities: list[str],
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task": task,
+        "language": LANGUAGES.get(language, language),
+        "duration": round(duration_s, 3),
+        "text": full_text(segments),
+    }
+    if "segment" in granularities or not granularities:
+        body["segments"] = [{k: v for k, v in s.items() if k != "words"} for s in segments]
+    if "word" in granularities:
+        body["words"] = [w for s in segments for w in (s["words"] or [])]
+    if task == "transcribe":
+        body["usage"] = {"type": "duration", "seconds": round(duration_s, 3)}
+    return body
+
+
+def render(
+    response_format: str,
+    task: str,
+    language: str,
+    duration_s: float,
+    segments: list[dict[str, Any]],
+    granularities: list[str],
+) -> Frame:
+    """The whole (non-streaming) response for ``response_format``."""
+    if response_format == "text":
+        return TextFrame(full_text(segments) + "\n")
+    if response_format == "srt":
+        return TextFrame(to_srt(segments))
+    if response_format == "vtt":
+        return TextFrame(to_vtt(segments), "text/vtt")
+    if response_format == "verbose_json":
+        return JSONFrame(to_verbose_json(task, language, duration_s, segments, granularities))
+    body: dict[str, Any] = {"text": full_text(segments)}
+    if task == "transcribe":
+        body["usage"] = {"type": "duration", "seconds": round(duration_s, 3)}
+    return JSONFrame(body)
+
+
+def delta_event(text: str) -> ChunkFrame:
+    return ChunkFrame(json.dumps({"type": "transcript.text.delta", "delta": text}))
+
+
+def done_event(text: str) -> ChunkFrame:
+    return ChunkFrame(json.dumps({"type": "transcript.text.done", "text": text}))

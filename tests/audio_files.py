@@ -1,0 +1,44 @@
+"""Speech fixtures and PyAV transcoding of them into every container we accept."""
+
+import io
+from pathlib import Path
+
+import av
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SPEECH_EN = FIXTURES / "speech_en.wav"  # "The quick brown fox jumps over the lazy dog."
+SPEECH_DE = FIXTURES / "speech_de.wav"  # "Ich trinke jeden Morgen eine Tasse Kaffee."
+
+# extension -> (PyAV container format, codec, sample rate)
+CONTAINERS: dict[str, tuple[str, str, int]] = {
+    "wav": ("wav", "pcm_s16le", 16_000),
+    "mp3": ("mp3", "libmp3lame", 22_050),
+    "ogg": ("ogg", "libopus", 48_000),
+    "flac": ("flac", "flac", 44_100),
+    "webm": ("webm", "libopus", 48_000),
+    "mp4": ("mp4", "aac", 44_100),
+    "m4a": ("ipod", "aac", 44_100),
+}
+
+
+def transcode(source: Path, extension: str, *, layout: str = "mono") -> bytes:
+    """Re-encode ``source`` into the container for ``extension`` (in memory)."""
+    fmt, codec, rate = CONTAINERS[extension]
+    out = io.BytesIO()
+    with av.open(str(source)) as inp, av.open(out, mode="w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=rate, layout=layout)
+        sample_format = stream.codec_context.codec.audio_formats[0].name
+        resampler = av.AudioResampler(format=sample_format, layout=layout, rate=rate)
+        frame_size = stream.codec_context.frame_size or 1024
+        fifo = av.AudioFifo()
+        frames = [f for frame in inp.decode(audio=0) for f in resampler.resample(frame)]
+        frames += resampler.resample(None)
+        for frame in frames:
+            frame.pts = None
+            fifo.write(frame)
+            while fifo.samples >= frame_size:
+                container.mux(stream.encode(fifo.read(frame_size)))
+        if fifo.samples:
+            container.mux(stream.encode(fifo.read()))
+        container.mux(stream.encode(None))
+    return out.getvalue()

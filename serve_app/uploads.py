@@ -34,7 +34,9 @@ async def read_form(request: Request, max_file_bytes: int) -> FormData:
     """Parse a multipart/form-data body, refusing (413) to read past the limit."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
-        raise APIError(400, "The request body must be multipart/form-data with a `file` part.")
+        raise APIError(
+            400, "The request body must be multipart/form-data with a `file` part.", param="file"
+        )
     limit = max_file_bytes + FORM_OVERHEAD_BYTES
     declared = request.headers.get("content-length")
     if declared is not None:

@@ -96,7 +96,10 @@ def test_bad_fields_are_400(data, param):
 
 def test_missing_file_and_non_multipart_are_400():
     client, _, _ = make()
-    assert assert_envelope(post(client, file=None, data={"model": "stt"}), 400)["param"] == "file"
+    no_file = client.post("/v1/audio/transcriptions", files={"model": (None, "stt")})
+    assert assert_envelope(no_file, 400)["param"] == "file"
+    urlencoded = post(client, file=None, data={"model": "stt"})
+    assert assert_envelope(urlencoded, 400)["param"] == "file"
     assert_envelope(client.post("/v1/audio/transcriptions", json={"file": "x"}), 400)
     garbled = client.post(
         "/v1/audio/transcriptions",

@@ -1,56 +1,37 @@
-"""Start the embedded default with `serve run`, then measure it through the API.
+"""LLM through the API: startup, single-stream TTFT and tokens/s, memory; vs the engine alone.
 
-Prints: seconds from `serve run` to the first 200 on /health, single-stream TTFT and
-tokens/s (streamed chat, median of several runs, via the official openai SDK), the same
-measured directly on the engine's output count, and the resident memory of the whole app
-(every process under `serve run`). Not a test: figures, not assertions.
+Starts the embedded default with `serve run`, then prints: seconds from `serve run` to the
+first 200 on /health, single-stream TTFT and decode tokens/s through the official openai SDK
+(median of several runs), the memory (PSS) of the whole app, and, after the server
+stops, the same TTFT and tokens/s on the vLLM engine called directly, with their ratios.
+Figures, not assertions.
 
-    .venv/bin/python bench/serve_bench.py [--runs 5] [--max-tokens 128] [--port 8000]
+    .venv/bin/python bench/serve_bench.py [--runs 5] [--max-tokens 128]
 """
 
 import argparse
-import contextlib
+import asyncio
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-import httpx
-import psutil
 from openai import OpenAI
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.server import ROOT, running_server
+
 MODEL = "smollm2-135m-instruct"
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+ENGINE_OPTIONS = {
+    "dtype": "float32",
+    "enforce_eager": True,
+    "kv_cache_memory_bytes": 256 * 2**20,
+    "max_model_len": 2048,
+}
 
 
-def wait_healthy(url: str, deadline_s: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < deadline_s:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError("server did not become healthy")
-
-
-def tree_rss_mib(pid: int) -> float:
-    proc = psutil.Process(pid)
-    procs = [proc, *proc.children(recursive=True)]
-    # Ray's raylet/GCS started by `serve run` are children too; sum unique RSS.
-    total = 0
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            total += p.memory_info().rss
-    return total / 2**20
-
-
-def stream_once(client: OpenAI, max_tokens: int) -> tuple[float, float, int]:
+def api_stream(client: OpenAI, max_tokens: int) -> tuple[float, float]:
+    """(TTFT seconds, decode tokens/s) of one streamed chat completion."""
     start = time.perf_counter()
     first = None
     tokens = 0
@@ -68,47 +49,54 @@ def stream_once(client: OpenAI, max_tokens: int) -> tuple[float, float, int]:
         if chunk.usage:
             tokens = chunk.usage.completion_tokens
     total = time.perf_counter() - start
-    assert first is not None
-    return first, (tokens - 1) / (total - first), tokens
+    return first, (tokens - 1) / (total - first)
+
+
+async def engine_streams(runs: int, max_tokens: int) -> list[tuple[float, float]]:
+    from deployments.llm.engine import VLLMEngine
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # as Ray sets it for a 1-CPU replica
+    engine = VLLMEngine(MODEL, str(ROOT / "models" / MODEL), ENGINE_OPTIONS)
+    body = {"messages": PROMPT, "temperature": 0, "max_tokens": max_tokens, "stream": True}
+    results = []
+    try:
+        for i in range(runs + 1):
+            start = time.perf_counter()
+            first = None
+            chunks = 0
+            async for _ in engine.generate("chat", body, f"bench-{i}"):
+                first = first or time.perf_counter() - start
+                chunks += 1
+            total = time.perf_counter() - start
+            # chunks: role chunk + one per token + finish chunk
+            if i:  # the first run warms up
+                results.append((first, (chunks - 3) / (total - first)))
+    finally:
+        engine.shutdown()
+    return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    url = f"http://127.0.0.1:{args.port}"
-    env = {**os.environ, "SERVE_APP_API_KEYS": ""}
-    started = time.monotonic()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "serve"), "run", "serve_config.yaml"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    with running_server() as server:
+        print(f"serve run -> first 200 on /health: {server.ready_s:.1f} s")
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
+        api_stream(client, 8)  # warm-up
+        api = [api_stream(client, args.max_tokens) for _ in range(args.runs)]
+        memory = server.memory_mib()
+        print(f"memory of the whole app (PSS: Ray + all replicas): {memory:.0f} MiB")
+    direct = asyncio.run(engine_streams(args.runs, args.max_tokens))
+    api_ttft, api_rate = (statistics.median(r[i] for r in api) for i in (0, 1))
+    eng_ttft, eng_rate = (statistics.median(r[i] for r in direct) for i in (0, 1))
+    print(f"single stream, median of {args.runs} runs of {args.max_tokens} tokens:")
+    print(f"  {'':18}{'API':>10}{'engine':>10}{'ratio':>8}")
+    print(
+        f"  {'TTFT (ms)':18}{api_ttft * 1e3:10.0f}{eng_ttft * 1e3:10.0f}{api_ttft / eng_ttft:8.2f}"
     )
-    try:
-        wait_healthy(url, 600)
-        ready_s = time.monotonic() - started
-        print(f"serve run -> first 200 on /health: {ready_s:.1f} s")
-        client = OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
-        stream_once(client, 8)  # warm-up
-        results = [stream_once(client, args.max_tokens) for _ in range(args.runs)]
-        ttft = statistics.median(r[0] for r in results)
-        rate = statistics.median(r[1] for r in results)
-        print(f"single stream, {args.runs} runs of {args.max_tokens} tokens:")
-        print(f"  TTFT median      {ttft * 1000:.0f} ms")
-        print(f"  decode tokens/s  {rate:.1f}")
-        rss = tree_rss_mib(server.pid)
-        print(f"resident memory of the app (serve run + Ray + replicas): {rss:.0f} MiB")
-    finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+    print(f"  {'decode tokens/s':18}{api_rate:10.1f}{eng_rate:10.1f}{api_rate / eng_rate:8.2f}")
     return 0
 
 

@@ -21,11 +21,12 @@ CONTAINERS: dict[str, tuple[str, str, int]] = {
 }
 
 
-def transcode(source: Path, extension: str, *, layout: str = "mono") -> bytes:
-    """Re-encode ``source`` into the container for ``extension`` (in memory)."""
+def transcode(source: Path | bytes, extension: str, *, layout: str = "mono") -> bytes:
+    """Re-encode ``source`` (a file or its bytes) into the container for ``extension``."""
     fmt, codec, rate = CONTAINERS[extension]
     out = io.BytesIO()
-    with av.open(str(source)) as inp, av.open(out, mode="w", format=fmt) as container:
+    data = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    with av.open(data) as inp, av.open(out, mode="w", format=fmt) as container:
         stream = container.add_stream(codec, rate=rate, layout=layout)
         sample_format = stream.codec_context.codec.audio_formats[0].name
         resampler = av.AudioResampler(format=sample_format, layout=layout, rate=rate)

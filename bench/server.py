@@ -1,0 +1,64 @@
+"""Run the embedded default with `serve run serve_config.yaml` for a benchmark."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Server:
+    url: str
+    pid: int
+    ready_s: float  # from `serve run` to the first 200 on /health
+
+    def memory_mib(self) -> float:
+        """Proportional set size (shared pages split between sharers) of `serve run` and
+        every process under it (Ray's services, replicas, engine cores)."""
+        proc = psutil.Process(self.pid)
+        total = 0
+        for p in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_full_info().pss
+        return total / 2**20
+
+
+@contextlib.contextmanager
+def running_server(deadline_s: float = 600) -> Iterator[Server]:
+    http = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["http_options"]
+    url = f"http://{http['host']}:{http['port']}"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "serve"), "run", "serve_config.yaml"],
+        cwd=ROOT,
+        env={**os.environ, "SERVE_APP_API_KEYS": ""},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        while True:
+            if time.monotonic() - started > deadline_s or proc.poll() is not None:
+                raise RuntimeError("the server did not become healthy")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            time.sleep(0.25)
+        yield Server(url, proc.pid, time.monotonic() - started)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,107 @@
+"""Speech: decode time per minute of audio, and Whisper's real-time factor via the API vs direct.
+
+Builds a ~60 s clip from the English fixture, then prints: decode+resample seconds per
+minute of audio for each container (PyAV + soxr, in process); the real-time factor
+(processing seconds / audio seconds) of a transcription through `serve run` with the
+official openai SDK; the same on faster-whisper called directly with the config's options;
+and their ratio. Figures, not assertions.
+
+    .venv/bin/python bench/speech_bench.py [--runs 3] [--model whisper-base]
+"""
+
+import argparse
+import io
+import statistics
+import sys
+import time
+import wave
+
+import numpy as np
+import yaml
+from openai import OpenAI
+
+from bench.server import ROOT, running_server
+from deployments.audio.decode import decode_audio
+from tests.audio_files import CONTAINERS, SPEECH_EN, transcode
+
+RATE = 16_000
+
+
+def minute_clip(seconds: float = 60.0) -> bytes:
+    """The fixture repeated with half-second pauses up to ``seconds``, as 16 kHz WAV."""
+    speech = decode_audio(SPEECH_EN.read_bytes())
+    pause = np.zeros(RATE // 2, dtype=np.float32)
+    pieces, total = [], 0
+    while total < seconds * RATE:
+        pieces += [speech, pause]
+        total += len(speech) + len(pause)
+    samples = (np.concatenate(pieces)[: int(seconds * RATE)] * 32767).astype(np.int16)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(RATE)
+        wav.writeframes(samples.tobytes())
+    return out.getvalue()
+
+
+def timed(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def whisper_options(model_id: str) -> dict:
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    models = config["applications"][0]["args"]["models"]
+    return next(m for m in models if m["id"] == model_id)["engine"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--model", default="whisper-base")
+    args = parser.parse_args()
+    clip = minute_clip()
+    seconds = len(decode_audio(clip)) / RATE
+    print(f"decode + resample to 16 kHz mono, seconds per minute of audio (median of {args.runs}):")
+    for ext in sorted(CONTAINERS):
+        data = transcode(clip, ext)
+        cost = timed(lambda data=data: decode_audio(data), args.runs)
+        print(f"  {ext:5} {cost * 60 / seconds:6.3f} s  ({len(data) / 1024:.0f} KiB)")
+
+    with running_server() as server:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=600)
+
+        def via_api() -> None:
+            client.audio.transcriptions.create(model=args.model, file=("clip.wav", clip))
+
+        via_api()  # warm-up
+        api = timed(via_api, args.runs)
+
+    from deployments.whisper.engine import WhisperEngine
+
+    engine = WhisperEngine(str(ROOT / "models" / args.model), whisper_options(args.model))
+    samples = decode_audio(clip)
+
+    def direct() -> None:
+        transcript = engine.transcribe(
+            samples, task="transcribe", language=None, prompt=None, temperature=None,
+            word_timestamps=False,
+        )  # fmt: skip
+        list(transcript.segments)
+
+    direct()
+    local = timed(direct, args.runs)
+    print(f"{args.model}, {seconds:.0f} s clip, real-time factor (lower is faster):")
+    print(f"  through the API (upload, decode pool, replica): {api / seconds:.3f}")
+    print(f"  faster-whisper directly on decoded samples:     {local / seconds:.3f}")
+    print(f"  API / direct: {api / local:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

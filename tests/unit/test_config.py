@@ -101,3 +101,11 @@ def test_build_app_rejects_missing_weights(tmp_path):
     )
     with pytest.raises(ValueError, match="prepare the models"):
         build_app(config)
+
+
+def test_cluster_configs_are_valid():
+    gpu = yaml.safe_load((ROOT / "cluster" / "serve_config.gpu.yaml").read_text())
+    service = yaml.safe_load((ROOT / "cluster" / "rayservice.yaml").read_text())
+    kuberay = yaml.safe_load(service["spec"]["serveConfigV2"])
+    for config in (gpu, kuberay):
+        AppConfig.model_validate(config["applications"][0]["args"])

@@ -10,11 +10,9 @@ and their ratio. Figures, not assertions.
 """
 
 import argparse
-import io
 import statistics
 import sys
 import time
-import wave
 
 import numpy as np
 import yaml
@@ -22,7 +20,7 @@ from openai import OpenAI
 
 from bench.server import ROOT, running_server
 from deployments.audio.decode import decode_audio
-from tests.audio_files import CONTAINERS, SPEECH_EN, transcode
+from tests.audio_files import CONTAINERS, SPEECH_EN, transcode, wav_bytes
 
 RATE = 16_000
 
@@ -35,14 +33,7 @@ def minute_clip(seconds: float = 60.0) -> bytes:
     while total < seconds * RATE:
         pieces += [speech, pause]
         total += len(speech) + len(pause)
-    samples = (np.concatenate(pieces)[: int(seconds * RATE)] * 32767).astype(np.int16)
-    out = io.BytesIO()
-    with wave.open(out, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(RATE)
-        wav.writeframes(samples.tobytes())
-    return out.getvalue()
+    return wav_bytes(np.concatenate(pieces)[: int(seconds * RATE)], RATE)
 
 
 def timed(fn, runs: int) -> float:

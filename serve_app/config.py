@@ -101,13 +101,12 @@ class LLMEngineOptions(StrictModel):
     )
 
 
-class LLMModelConfig(StrictModel):
-    """One LLM served by its own vLLM deployment."""
+class _ModelBase(StrictModel):
+    """What every served model has, whatever its family."""
 
     id: Annotated[str, Field(pattern=MODEL_ID_PATTERN)] = Field(
         description="Model id clients send in `model`."
     )
-    family: Literal["llm"]
     source: str = Field(
         description="Weights directory; relative paths resolve against the models dir."
     )
@@ -115,6 +114,12 @@ class LLMModelConfig(StrictModel):
         default_factory=list, description="Other ids that resolve to this model."
     )
     owned_by: str = Field("ray-openai-serve", description="`owned_by` in /v1/models.")
+
+
+class LLMModelConfig(_ModelBase):
+    """One LLM served by its own vLLM deployment (weights in Hugging Face format)."""
+
+    family: Literal["llm"]
     engine: LLMEngineOptions = Field(default_factory=LLMEngineOptions)
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=64),
@@ -141,20 +146,10 @@ class WhisperEngineOptions(StrictModel):
     num_workers: int = Field(1, ge=1, description="Transcriptions one replica runs at once.")
 
 
-class WhisperModelConfig(StrictModel):
-    """One speech-to-text model served by its own faster-whisper deployment."""
+class WhisperModelConfig(_ModelBase):
+    """One speech-to-text model served by its own faster-whisper deployment (CTranslate2)."""
 
-    id: Annotated[str, Field(pattern=MODEL_ID_PATTERN)] = Field(
-        description="Model id clients send in `model`."
-    )
     family: Literal["whisper"]
-    source: str = Field(
-        description="CTranslate2 model directory; relative paths resolve against the models dir."
-    )
-    aliases: list[Annotated[str, Field(pattern=MODEL_ID_PATTERN)]] = Field(
-        default_factory=list, description="Other ids that resolve to this model (e.g. whisper-1)."
-    )
-    owned_by: str = Field("ray-openai-serve", description="`owned_by` in /v1/models.")
     engine: WhisperEngineOptions = Field(default_factory=WhisperEngineOptions)
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=4),

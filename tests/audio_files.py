@@ -1,9 +1,11 @@
 """Speech fixtures and PyAV transcoding of them into every container we accept."""
 
 import io
+import wave
 from pathlib import Path
 
 import av
+import numpy as np
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SPEECH_EN = FIXTURES / "speech_en.wav"  # "The quick brown fox jumps over the lazy dog."
@@ -42,4 +44,15 @@ def transcode(source: Path | bytes, extension: str, *, layout: str = "mono") -> 
         if fifo.samples:
             container.mux(stream.encode(fifo.read()))
         container.mux(stream.encode(None))
+    return out.getvalue()
+
+
+def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
+    """16-bit mono WAV of float samples in [-1, 1]."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
     return out.getvalue()

@@ -2,7 +2,6 @@
 
 import asyncio
 import io
-import wave
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from deployments.audio.decode import (
 )
 from deployments.audio.deployment import AudioPreprocessor
 from deployments.common.contracts import DecodedAudio, ErrorFrame
-from tests.audio_files import CONTAINERS, SPEECH_EN, transcode
+from tests.audio_files import CONTAINERS, SPEECH_EN, transcode, wav_bytes
 
 EN_SECONDS = 3.438
 
@@ -32,14 +31,7 @@ def test_every_container_decodes_to_mono_16k(extension, layout):
 def test_resampling_keeps_pitch():
     rate = 44_100
     t = np.arange(rate) / rate
-    tone = (0.5 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(tone.tobytes())
-    audio = decode_audio(buffer.getvalue())
+    audio = decode_audio(wav_bytes(0.5 * np.sin(2 * np.pi * 440 * t), rate))
     assert len(audio) == pytest.approx(WHISPER_SAMPLE_RATE, abs=32)
     spectrum = np.abs(np.fft.rfft(audio))
     assert np.argmax(spectrum) * WHISPER_SAMPLE_RATE / len(audio) == pytest.approx(440, abs=2)

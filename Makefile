@@ -37,7 +37,7 @@ serve: setup
 	$(VENV)/bin/serve run serve_config.yaml
 
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests/unit tests/gpu tests/serve
 
 test-unit: venv
 	$(PY) -m pytest tests/unit

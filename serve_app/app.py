@@ -16,12 +16,14 @@ from deployments.whisper.deployment import WhisperDeployment
 from serve_app.config import AppConfig, deployment_name
 from serve_app.ingress import Ingress
 from serve_app.models import default_models_dir
+from serve_app.ratelimit import RateLimiter
 
 BACKENDS = {"llm": LLMDeployment, "whisper": WhisperDeployment}
 
 
 def build_app(args: AppConfig) -> Application:
-    """Bind one deployment per configured model, the audio pool, and the ingress in front."""
+    """Bind one deployment per configured model, the audio pool, the rate limiter, and the
+    ingress in front of them."""
     handles = {}
     for model in args.models:
         source = args.resolve_source(model.source, default_models_dir())
@@ -39,5 +41,11 @@ def build_app(args: AppConfig) -> Application:
         preprocessor = (
             serve.deployment(AudioPreprocessor).options(**options).bind(args.audio.max_duration_s)
         )
+    limiter = (
+        serve.deployment(RateLimiter)
+        .options(**args.rate_limiter.to_serve_options("rate-limiter"))
+        .bind()
+    )
     ingress = serve.deployment(Ingress).options(**args.ingress.to_serve_options("ingress"))
-    return ingress.bind(args.model_dump(mode="json"), handles, preprocessor, int(time.time()))
+    config = args.model_dump(mode="json")
+    return ingress.bind(config, handles, preprocessor, limiter, int(time.time()))

@@ -186,6 +186,23 @@ class AudioOptions(StrictModel):
     )
 
 
+class LimitOptions(StrictModel):
+    """Request size and time limits enforced by the ingress."""
+
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest JSON body (413 above, while reading)."
+    )
+    request_timeout_s: float = Field(
+        600, gt=0, description="Deadline for a whole non-streaming response (504 after)."
+    )
+    stream_ttft_timeout_s: float = Field(
+        120, gt=0, description="Deadline for a stream's first event (504 after)."
+    )
+    retry_after_s: int = Field(
+        2, ge=1, description="Retry-After sent with 503 when a deployment's queue is full."
+    )
+
+
 class AppConfig(StrictModel):
     """The whole application: the models and the ingress deployment."""
 
@@ -200,6 +217,18 @@ class AppConfig(StrictModel):
         description="Placement and scaling of the HTTP ingress.",
     )
     audio: AudioOptions = Field(default_factory=AudioOptions, description="Speech endpoints.")
+    limits: LimitOptions = Field(default_factory=LimitOptions, description="Size/time limits.")
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty (default) = CORS off."
+    )
+    rate_limiter: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(
+            num_cpus=0,
+            max_ongoing_requests=1000,
+            autoscaling_config=AutoscalingOptions(min_replicas=1, max_replicas=1),
+        ),
+        description="The single replica holding per-key rate-limit counters (keep 1 replica).",
+    )
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "AppConfig":

@@ -1,39 +1,85 @@
 """The one helper that turns a backend call (value, stream or error) into an HTTP response."""
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from ray.serve.exceptions import BackPressureError
 
-from deployments.common.contracts import ChunkFrame, ErrorFrame, Frame, JSONFrame, TextFrame
+from deployments.common.contracts import (
+    ChunkFrame,
+    ErrorFrame,
+    Frame,
+    JSONFrame,
+    TextFrame,
+    UsageFrame,
+)
 from serve_app.errors import error_response, server_error
 from serve_app.sse import sse_stream
 
 logger = logging.getLogger("serve_app")
 
+UsageCallback = Callable[[float], None] | None
 
-async def _rest(stream: Any) -> AsyncIterator[Frame]:
-    """Iterate the rest of a backend stream; cancel the backend call if we stop early."""
+
+async def _rest(stream: Any, on_usage: UsageCallback) -> AsyncIterator[Frame]:
+    """The rest of a backend stream, usage taken out; cancel the call if we stop early."""
     try:
         async for frame in stream:
-            yield frame
+            if isinstance(frame, UsageFrame):
+                if on_usage:
+                    on_usage(frame.usage)
+            else:
+                yield frame
     finally:
         stream.cancel()
 
 
-async def frames_to_response(stream: Any, request_id: str) -> Response:
+async def frames_to_response(
+    stream: Any,
+    request_id: str,
+    *,
+    timeout_s: float,
+    retry_after_s: int,
+    on_usage: UsageCallback = None,
+) -> Response:
     """Await the first frame of a streaming handle call and answer accordingly.
 
     ``stream`` is a ``DeploymentResponseGenerator`` of ``Frame``s. Errors the backend reports
-    become envelopes with their status; failures of the call itself (a dead replica, say)
-    become a 503 envelope naming only the request id.
+    become envelopes with their status. No first frame within ``timeout_s``: the call is
+    cancelled (aborting the engine work) and the answer is 504. A full deployment queue is
+    503 with ``Retry-After``; any other failure of the call (a dead replica, say) is 503
+    naming only the request id.
     """
     try:
-        first = await stream.__anext__()
+        first = await asyncio.wait_for(stream.__anext__(), timeout_s)
     except StopAsyncIteration:
         logger.error("backend returned no frame [request_id=%s]", request_id)
         return server_error(request_id)
+    except TimeoutError:
+        stream.cancel()
+        logger.warning("backend timed out after %ss [request_id=%s]", timeout_s, request_id)
+        return error_response(
+            ErrorFrame(
+                504,
+                f"The model did not answer within {timeout_s:g} seconds "
+                f"(request id: {request_id}).",
+                code="timeout",
+            )
+        )
+    except BackPressureError:
+        stream.cancel()
+        logger.warning("backend queue full [request_id=%s]", request_id)
+        return error_response(
+            ErrorFrame(
+                503,
+                "The model is overloaded: too many requests are queued. Please retry.",
+                code="overloaded",
+            ),
+            headers={"Retry-After": str(retry_after_s)},
+        )
     except Exception:
         stream.cancel()
         logger.exception("backend call failed [request_id=%s]", request_id)
@@ -41,15 +87,16 @@ async def frames_to_response(stream: Any, request_id: str) -> Response:
     if isinstance(first, ErrorFrame):
         stream.cancel()
         return error_response(first)
-    if isinstance(first, JSONFrame):
+    if isinstance(first, JSONFrame | TextFrame):
         stream.cancel()
-        return JSONResponse(first.body)
-    if isinstance(first, TextFrame):
-        stream.cancel()
+        if on_usage:
+            on_usage(first.usage)
+        if isinstance(first, JSONFrame):
+            return JSONResponse(first.body)
         return PlainTextResponse(first.text, media_type=first.media_type)
     if isinstance(first, ChunkFrame):
         return StreamingResponse(
-            sse_stream(first, _rest(stream), request_id),
+            sse_stream(first, _rest(stream, on_usage), request_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

@@ -18,10 +18,17 @@ class APIError(Exception):
     """Raise anywhere in the ingress to answer with an OpenAI error envelope."""
 
     def __init__(
-        self, status: int, message: str, *, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.frame = ErrorFrame(status, message, param=param, code=code)
+        self.headers = headers
 
 
 def request_id_of(request: Request) -> str:
@@ -51,7 +58,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.frame)
+        return error_response(exc.frame, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -66,6 +73,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, APIError):  # raised while FastAPI read the body
+            return error_response(exc.__cause__.frame, exc.__cause__.headers)
         if exc.status_code == 404:
             message = f"Unknown request URL: {request.method} {request.url.path}."
         elif exc.status_code == 405:

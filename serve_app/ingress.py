@@ -7,19 +7,24 @@ behind the DeploymentHandles do the work.
 import logging
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from ray import serve
 
-from serve_app.auth import KeyChecker
+from serve_app.auth import KeyStore, load_keys
 from serve_app.config import AppConfig
 from serve_app.errors import install_error_handlers
+from serve_app.limits import BodyLimit
+from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.routes import audio, generation, health, models
 from serve_app.settings import Settings
 
 
-def create_app(registry: ModelRegistry, settings: Settings) -> FastAPI:
-    """The FastAPI app: health open, everything under /v1 behind the key check."""
+def create_app(
+    registry: ModelRegistry, settings: Settings, keys: KeyStore, rate_limits: RateLimits
+) -> FastAPI:
+    """The FastAPI app: /health open, every /v1 route behind its key scope."""
     app = FastAPI(
         title="ray-openai-serve",
         summary="OpenAI-compatible chat, completions and speech on Ray Serve.",
@@ -28,12 +33,20 @@ def create_app(registry: ModelRegistry, settings: Settings) -> FastAPI:
     )
     app.state.registry = registry
     app.state.settings = settings
+    app.state.keys = keys
+    app.state.rate_limits = rate_limits
     install_error_handlers(app)
-    protected = [Depends(KeyChecker(settings.api_keys))]
-    app.include_router(health.router)
-    app.include_router(models.router, dependencies=protected)
-    app.include_router(generation.router, dependencies=protected)
-    app.include_router(audio.router, dependencies=protected)
+    app.add_middleware(BodyLimit, max_bytes=registry.config.limits.max_body_bytes)
+    if registry.config.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=registry.config.cors_allow_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )
+    for module in (health, models, generation, audio):
+        app.include_router(module.router)
     return app
 
 
@@ -42,17 +55,25 @@ class Ingress:
     """HTTP edge of the graph.
 
     ``handles`` maps each model id to its deployment's handle; ``preprocessor`` is the audio
-    pool's handle (None without speech models).
+    pool's handle (None without speech models); ``rate_limiter`` holds the shared per-key
+    counters.
     """
 
     def __init__(
-        self, config: dict[str, Any], handles: dict[str, Any], preprocessor: Any, created: int
+        self,
+        config: dict[str, Any],
+        handles: dict[str, Any],
+        preprocessor: Any,
+        rate_limiter: Any,
+        created: int,
     ) -> None:
         self.settings = Settings()
         logging.getLogger("serve_app").setLevel(self.settings.log_level.upper())
         self.registry = ModelRegistry(
             AppConfig.model_validate(config), handles, created, preprocessor
         )
+        self.keys = KeyStore(load_keys(self.settings.api_keys, self.settings.keys_file))
+        self.rate_limits = RateLimits(rate_limiter)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self.registry, self.settings)
+        return create_app(self.registry, self.settings, self.keys, self.rate_limits)

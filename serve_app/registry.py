@@ -73,6 +73,3 @@ class ModelRegistry:
                 code="model_not_found",
             )
         return model
-
-    def cards(self) -> list[dict[str, Any]]:
-        return [model.card(self.created) for model in self.models]

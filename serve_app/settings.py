@@ -15,6 +15,9 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated Bearer keys. Empty: the API runs open (local use only).",
     )
+    keys_file: str | None = Field(
+        None, description="YAML/JSON file of named keys with scopes and limits."
+    )
     log_level: str = Field("INFO", description="Log level of the ingress and deployments.")
     health_timeout_s: float = Field(
         5.0, gt=0, description="How long /health waits for each model to answer."

@@ -7,6 +7,9 @@ A backend call is a stream of frames. Its first frame decides the HTTP response:
 - ``TextFrame``: the whole body as text (transcripts as ``text``, ``srt``, ``vtt``).
 - ``ChunkFrame``: the first of a streamed response's chunks; more follow, and an
   ``ErrorFrame`` may still come mid-stream (sent to the client as an SSE error event).
+  A stream may end with a ``UsageFrame`` (what it cost; the ingress does not send it).
+
+Usage is LLM tokens (prompt + completion) or seconds of audio, by model family.
 
 ``DecodedAudio`` is what the audio preprocessor hands the Whisper replicas.
 """
@@ -44,17 +47,26 @@ class ErrorFrame:
 
 @dataclass(slots=True)
 class JSONFrame:
-    """A complete JSON response body."""
+    """A complete JSON response body; ``usage`` is what it cost (for rate limits)."""
 
     body: dict[str, Any] = field(default_factory=dict)
+    usage: float = 0.0
 
 
 @dataclass(slots=True)
 class TextFrame:
-    """A complete plain-text body and its media type."""
+    """A complete plain-text body and its media type; ``usage`` as for ``JSONFrame``."""
 
     text: str
     media_type: str = "text/plain"
+    usage: float = 0.0
+
+
+@dataclass(slots=True)
+class UsageFrame:
+    """The last frame of a stream: what it cost (LLM tokens or audio seconds). Not sent."""
+
+    usage: float
 
 
 @dataclass(slots=True)
@@ -64,7 +76,7 @@ class ChunkFrame:
     data: str
 
 
-Frame = ErrorFrame | JSONFrame | TextFrame | ChunkFrame
+Frame = ErrorFrame | JSONFrame | TextFrame | ChunkFrame | UsageFrame
 
 
 @dataclass(slots=True)

@@ -24,7 +24,7 @@ from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from deployments.common.contracts import ChunkFrame, ErrorFrame, Frame, JSONFrame
+from deployments.common.contracts import ChunkFrame, ErrorFrame, Frame, JSONFrame, UsageFrame
 from deployments.llm.schema import drop_nulls, validation_error
 
 logger = logging.getLogger("deployments.llm")
@@ -117,8 +117,16 @@ class VLLMEngine:
     async def generate(
         self, endpoint: str, body: dict[str, Any], request_id: str
     ) -> AsyncIterator[Frame]:
-        """Run one OpenAI request (``endpoint`` is ``chat`` or ``completions``) and yield frames."""
+        """Run one OpenAI request (``endpoint`` is ``chat`` or ``completions``) and yield frames.
+
+        A stream always ends with a ``UsageFrame`` (total tokens); the usage chunk itself is
+        only sent on when the client asked for it (``stream_options.include_usage``).
+        """
         body = {**body, "model": self.model_id, "request_id": request_id}
+        options = body.get("stream_options") or {}
+        client_wants_usage = bool(options.get("include_usage"))
+        if body.get("stream"):
+            body["stream_options"] = {**options, "include_usage": True}
         try:
             if endpoint == "chat":
                 result = await self.chat.create_chat_completion(
@@ -137,7 +145,8 @@ class VLLMEngine:
             yield error_frame(result.error.model_dump())
             return
         if not hasattr(result, "__aiter__"):
-            yield JSONFrame(drop_nulls(result.model_dump(mode="json")))
+            response = drop_nulls(result.model_dump(mode="json"))
+            yield JSONFrame(response, usage=_total_tokens(response))
             return
         async for event in result:
             payload = event.strip()
@@ -150,7 +159,15 @@ class VLLMEngine:
             if "error" in data:
                 yield error_frame(data["error"])
                 return
-            yield ChunkFrame(json.dumps(drop_nulls(data), separators=(",", ":")))
+            usage_chunk = not data.get("choices") and data.get("usage")
+            if client_wants_usage or not usage_chunk:
+                yield ChunkFrame(json.dumps(drop_nulls(data), separators=(",", ":")))
+            if usage_chunk:
+                yield UsageFrame(_total_tokens(data))
+
+
+def _total_tokens(response: dict[str, Any]) -> float:
+    return float((response.get("usage") or {}).get("total_tokens") or 0)
 
 
 def error_frame(error: dict[str, Any]) -> ErrorFrame:

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from deployments.common.contracts import DecodedAudio, ErrorFrame, Frame
+from deployments.common.contracts import DecodedAudio, ErrorFrame, Frame, UsageFrame
 from deployments.whisper import formats
 
 logger = logging.getLogger("deployments.whisper")
@@ -74,6 +74,7 @@ class WhisperDeployment:
             segments.append(segment)
         if params.get("stream"):
             yield formats.done_event(formats.full_text(segments))
+            yield UsageFrame(transcript.duration_s)
             return
         yield formats.render(
             params["response_format"],

@@ -71,19 +71,20 @@ def render(
     segments: list[dict[str, Any]],
     granularities: list[str],
 ) -> Frame:
-    """The whole (non-streaming) response for ``response_format``."""
+    """The whole (non-streaming) response for ``response_format``; usage is the duration."""
     if response_format == "text":
-        return TextFrame(full_text(segments) + "\n")
+        return TextFrame(full_text(segments) + "\n", usage=duration_s)
     if response_format == "srt":
-        return TextFrame(to_srt(segments))
+        return TextFrame(to_srt(segments), usage=duration_s)
     if response_format == "vtt":
-        return TextFrame(to_vtt(segments), "text/vtt")
+        return TextFrame(to_vtt(segments), "text/vtt", usage=duration_s)
     if response_format == "verbose_json":
-        return JSONFrame(to_verbose_json(task, language, duration_s, segments, granularities))
+        body = to_verbose_json(task, language, duration_s, segments, granularities)
+        return JSONFrame(body, usage=duration_s)
     body: dict[str, Any] = {"text": full_text(segments)}
     if task == "transcribe":
         body["usage"] = {"type": "duration", "seconds": round(duration_s, 3)}
-    return JSONFrame(body)
+    return JSONFrame(body, usage=duration_s)
 
 
 def delta_event(text: str) -> ChunkFrame:

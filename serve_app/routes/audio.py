@@ -13,31 +13,28 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from deployments.common.errors import describe_validation_errors
-from serve_app.dispatch import frames_to_response
+from serve_app.auth import APIKey, require
 from serve_app.errors import APIError
 from serve_app.protocol.audio import AudioParams
-from serve_app.registry import ModelRegistry
-from serve_app.routes.deps import registry, request_id
+from serve_app.routes.deps import admit, registry, run_backend
 from serve_app.uploads import read_form, too_large
 
 router = APIRouter()
-
-Registry = Annotated[ModelRegistry, Depends(registry)]
-RequestId = Annotated[str, Depends(request_id)]
 TRANSLATION_FIELDS = ("model", "prompt", "response_format", "temperature", "stream")
 
 
-async def _speech(task: str, request: Request, models: ModelRegistry, rid: str) -> Response:
+async def _speech(task: str, request: Request, key: APIKey | None) -> Response:
     route = request.url.path
+    models = registry(request)
     limits = models.config.audio
     form = await read_form(request, limits.max_upload_bytes)
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise APIError(400, "The `file` field is required and must be a file.", param="file")
     fields = {"task": task}
-    for key, value in form.multi_items():
+    for field, value in form.multi_items():
         if isinstance(value, str):
-            name = key.removesuffix("[]")
+            name = field.removesuffix("[]")
             if name == "timestamp_granularities":
                 fields.setdefault(name, []).append(value)
             elif task == "transcribe" or name in TRANSLATION_FIELDS:
@@ -53,19 +50,28 @@ async def _speech(task: str, request: Request, models: ModelRegistry, rid: str) 
         model = models.default_stt
     else:
         raise APIError(400, "No speech-to-text model is configured.", param="model")
+    await admit(request, model, key, "audio")
     data = await upload.read()
     if len(data) > limits.max_upload_bytes:
         raise too_large(limits.max_upload_bytes, len(data))
-    decoded = models.preprocessor.decode.remote(data)
-    call = model.handle.options(stream=True).transcribe.remote(decoded, params.to_backend())
-    return await frames_to_response(call, rid)
+    payload = params.to_backend()
+
+    def call():
+        decoded = models.preprocessor.decode.remote(data)
+        return model.handle.options(stream=True).transcribe.remote(decoded, payload)
+
+    return await run_backend(request, model, key, "audio", params.stream, call)
 
 
 @router.post("/v1/audio/transcriptions")
-async def transcriptions(request: Request, models: Registry, rid: RequestId) -> Response:
-    return await _speech("transcribe", request, models, rid)
+async def transcriptions(
+    request: Request, key: Annotated[APIKey | None, Depends(require("audio-transcriptions"))]
+) -> Response:
+    return await _speech("transcribe", request, key)
 
 
 @router.post("/v1/audio/translations")
-async def translations(request: Request, models: Registry, rid: RequestId) -> Response:
-    return await _speech("translate", request, models, rid)
+async def translations(
+    request: Request, key: Annotated[APIKey | None, Depends(require("audio-translations"))]
+) -> Response:
+    return await _speech("translate", request, key)

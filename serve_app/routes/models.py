@@ -1,22 +1,31 @@
-"""``GET /v1/models`` and ``GET /v1/models/{id}``."""
+"""``GET /v1/models`` and ``GET /v1/models/{id}`` (only the models the key may use)."""
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
+from serve_app.auth import APIKey, authorize_model, require
 from serve_app.registry import ModelRegistry
 from serve_app.routes.deps import registry
 
 router = APIRouter()
 
 Registry = Annotated[ModelRegistry, Depends(registry)]
+Key = Annotated[APIKey | None, Depends(require("models"))]
 
 
 @router.get("/v1/models")
-async def list_models(models: Registry) -> dict[str, Any]:
-    return {"object": "list", "data": models.cards()}
+async def list_models(models: Registry, key: Key) -> dict[str, Any]:
+    allowed = [
+        m.card(models.created)
+        for m in models.models
+        if key is None or key.allows_model(m.id, m.config.aliases)
+    ]
+    return {"object": "list", "data": allowed}
 
 
 @router.get("/v1/models/{model_id:path}")
-async def retrieve_model(model_id: str, models: Registry) -> dict[str, Any]:
-    return models.lookup(model_id).card(models.created)
+async def retrieve_model(model_id: str, models: Registry, key: Key) -> dict[str, Any]:
+    model = models.lookup(model_id)
+    authorize_model(key, model.id, model.config.aliases)
+    return model.card(models.created)

@@ -27,7 +27,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def base_url() -> Iterator[str]:
-    # Workers inherit the driver's environment: set it before Ray starts.
+    # Workers inherit the driver's environment: set it before Ray starts, restore it after.
+    saved = dict(os.environ)
     os.environ["SERVE_APP_API_KEYS"] = f"{API_KEY},{OTHER_KEY}"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -61,6 +62,8 @@ def base_url() -> Iterator[str]:
     finally:
         serve.shutdown()
         ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _wait_healthy(url: str, deadline_s: float = 300) -> None:

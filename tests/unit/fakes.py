@@ -73,3 +73,23 @@ class FakeHandle:
         if not self.is_ready:
             raise RuntimeError("engine dead at /secret/path")
         return "ok"
+
+
+class LocalHandle:
+    """Calls a real deployment object in process: ``handle.method.remote(...)`` -> awaitable."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def __getattr__(self, name: str) -> _Method:
+        method = getattr(self.target, name)
+
+        async def call(*args: Any) -> Any:
+            return method(*args)
+
+        def remote(*args: Any) -> Any:
+            if name == "record":  # fire-and-forget in the ingress
+                return method(*args)
+            return call(*args)
+
+        return _Method(remote)

@@ -4,8 +4,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.common.contracts import JSONFrame, TextFrame
+from serve_app.auth import KeyStore
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
+from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
 from tests.unit.fakes import FakeHandle
@@ -30,7 +32,8 @@ def make(frames=None):
     preprocessor = FakeHandle([])
     handles = {"chat": FakeHandle([]), "stt": whisper, "stt.en": FakeHandle([])}
     registry = ModelRegistry(config, handles, 1, preprocessor)
-    client = TestClient(create_app(registry, Settings()), raise_server_exceptions=False)
+    app = create_app(registry, Settings(), KeyStore([]), RateLimits(None))
+    client = TestClient(app, raise_server_exceptions=False)
     return client, whisper, preprocessor
 
 

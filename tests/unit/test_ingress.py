@@ -6,8 +6,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.common.contracts import ChunkFrame, ErrorFrame, JSONFrame
+from serve_app.auth import APIKey, KeyStore, load_keys
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
+from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
 from tests.openai_schema import validate
@@ -17,12 +19,23 @@ MODEL = "tiny"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def make_client(handle: FakeHandle, keys: list[str] | None = None) -> TestClient:
+def make_client(
+    handle: FakeHandle,
+    keys: list[str] | None = None,
+    *,
+    extra: dict | None = None,
+    key_records: list[APIKey] | None = None,
+    limiter: object = None,
+) -> TestClient:
     config = AppConfig.model_validate(
-        {"models": [{"id": MODEL, "family": "llm", "source": "x", "aliases": ["alias-1"]}]}
+        {
+            "models": [{"id": MODEL, "family": "llm", "source": "x", "aliases": ["alias-1"]}],
+            **(extra or {}),
+        }
     )
     registry = ModelRegistry(config, {MODEL: handle}, created=123)
-    app = create_app(registry, Settings(api_keys=keys or []))
+    store = KeyStore(load_keys(keys or [], None) + (key_records or []))
+    app = create_app(registry, Settings(), store, RateLimits(limiter))
     return TestClient(app, raise_server_exceptions=False)
 
 

@@ -17,8 +17,9 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from serve_app.errors import APIError
+from serve_app.log import LOGGER
 
-logger = logging.getLogger("serve_app")
+logger = logging.getLogger(LOGGER)
 
 Endpoint = Literal[
     "models", "chat-completions", "completions", "audio-transcriptions", "audio-translations"

@@ -49,7 +49,10 @@ class DeploymentOptions(StrictModel):
         ge=1, description="Requests one replica handles at once (set explicitly: Serve's 5 is low)."
     )
     max_queued_requests: int = Field(
-        -1, ge=-1, description="Requests queued per caller before 503; -1 means unbounded."
+        64,
+        ge=-1,
+        description="Requests each caller queues beyond max_ongoing before 503 + Retry-After "
+        "(-1: unbounded, not recommended).",
     )
     autoscaling_config: AutoscalingOptions = Field(
         default_factory=AutoscalingOptions, description="Replica autoscaling."
@@ -122,7 +125,7 @@ class LLMModelConfig(_ModelBase):
     family: Literal["llm"]
     engine: LLMEngineOptions = Field(default_factory=LLMEngineOptions)
     deployment: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(max_ongoing_requests=64),
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=64, max_queued_requests=128),
         description="Placement and scaling of this model's replicas.",
     )
 
@@ -152,7 +155,7 @@ class WhisperModelConfig(_ModelBase):
     family: Literal["whisper"]
     engine: WhisperEngineOptions = Field(default_factory=WhisperEngineOptions)
     deployment: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(max_ongoing_requests=4),
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=4, max_queued_requests=32),
         description="Placement and scaling of this model's replicas.",
     )
 
@@ -213,7 +216,9 @@ class AppConfig(StrictModel):
         "(default: $SERVE_APP_MODELS_DIR, else ./models at the project root).",
     )
     ingress: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(num_cpus=0.5, max_ongoing_requests=512),
+        default_factory=lambda: DeploymentOptions(
+            num_cpus=0.5, max_ongoing_requests=512, max_queued_requests=512
+        ),
         description="Placement and scaling of the HTTP ingress.",
     )
     audio: AudioOptions = Field(default_factory=AudioOptions, description="Speech endpoints.")
@@ -225,6 +230,7 @@ class AppConfig(StrictModel):
         default_factory=lambda: DeploymentOptions(
             num_cpus=0,
             max_ongoing_requests=1000,
+            max_queued_requests=-1,
             autoscaling_config=AutoscalingOptions(min_replicas=1, max_replicas=1),
         ),
         description="The single replica holding per-key rate-limit counters (keep 1 replica).",

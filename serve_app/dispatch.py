@@ -1,6 +1,7 @@
 """The one helper that turns a backend call (value, stream or error) into an HTTP response."""
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,11 +18,19 @@ from deployments.common.contracts import (
     UsageFrame,
 )
 from serve_app.errors import error_response, server_error
+from serve_app.log import LOGGER
 from serve_app.sse import sse_stream
 
-logger = logging.getLogger("serve_app")
+logger = logging.getLogger(LOGGER)
 
 UsageCallback = Callable[[float], None] | None
+
+
+def _cancel(stream: Any) -> None:
+    """Cancel a handle call; a call that already failed re-raises its error here: drop it."""
+    if stream is not None:
+        with contextlib.suppress(Exception):
+            stream.cancel()
 
 
 async def _rest(stream: Any, on_usage: UsageCallback) -> AsyncIterator[Frame]:
@@ -34,32 +43,34 @@ async def _rest(stream: Any, on_usage: UsageCallback) -> AsyncIterator[Frame]:
             else:
                 yield frame
     finally:
-        stream.cancel()
+        _cancel(stream)
 
 
 async def frames_to_response(
-    stream: Any,
+    call: Callable[[], Any],
     request_id: str,
     *,
     timeout_s: float,
     retry_after_s: int,
     on_usage: UsageCallback = None,
 ) -> Response:
-    """Await the first frame of a streaming handle call and answer accordingly.
+    """Make a streaming handle call, await its first frame and answer accordingly.
 
-    ``stream`` is a ``DeploymentResponseGenerator`` of ``Frame``s. Errors the backend reports
+    ``call()`` returns a ``DeploymentResponseGenerator`` of ``Frame``s. Errors the backend reports
     become envelopes with their status. No first frame within ``timeout_s``: the call is
     cancelled (aborting the engine work) and the answer is 504. A full deployment queue is
     503 with ``Retry-After``; any other failure of the call (a dead replica, say) is 503
     naming only the request id.
     """
+    stream = None
     try:
+        stream = call()  # a full queue can raise here already
         first = await asyncio.wait_for(stream.__anext__(), timeout_s)
     except StopAsyncIteration:
         logger.error("backend returned no frame [request_id=%s]", request_id)
         return server_error(request_id)
     except TimeoutError:
-        stream.cancel()
+        _cancel(stream)  # aborts the engine work
         logger.warning("backend timed out after %ss [request_id=%s]", timeout_s, request_id)
         return error_response(
             ErrorFrame(
@@ -69,8 +80,7 @@ async def frames_to_response(
                 code="timeout",
             )
         )
-    except BackPressureError:
-        stream.cancel()
+    except BackPressureError:  # the call never reached a replica: nothing to cancel
         logger.warning("backend queue full [request_id=%s]", request_id)
         return error_response(
             ErrorFrame(
@@ -81,14 +91,14 @@ async def frames_to_response(
             headers={"Retry-After": str(retry_after_s)},
         )
     except Exception:
-        stream.cancel()
+        _cancel(stream)
         logger.exception("backend call failed [request_id=%s]", request_id)
         return server_error(request_id, 503, "The model backend is unavailable.")
     if isinstance(first, ErrorFrame):
-        stream.cancel()
+        _cancel(stream)
         return error_response(first)
     if isinstance(first, JSONFrame | TextFrame):
-        stream.cancel()
+        _cancel(stream)
         if on_usage:
             on_usage(first.usage)
         if isinstance(first, JSONFrame):
@@ -101,5 +111,5 @@ async def frames_to_response(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     logger.error("unexpected frame %r [request_id=%s]", type(first), request_id)
-    stream.cancel()
+    _cancel(stream)
     return server_error(request_id)

@@ -10,8 +10,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.common.contracts import ErrorFrame
 from deployments.common.errors import describe_validation_errors
+from serve_app.log import LOGGER
 
-logger = logging.getLogger("serve_app")
+logger = logging.getLogger(LOGGER)
 
 
 class APIError(Exception):

@@ -15,6 +15,7 @@ from serve_app.auth import KeyStore, load_keys
 from serve_app.config import AppConfig
 from serve_app.errors import install_error_handlers
 from serve_app.limits import BodyLimit
+from serve_app.log import LOGGER
 from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.routes import audio, generation, health, models
@@ -68,7 +69,7 @@ class Ingress:
         created: int,
     ) -> None:
         self.settings = Settings()
-        logging.getLogger("serve_app").setLevel(self.settings.log_level.upper())
+        logging.getLogger(LOGGER).setLevel(self.settings.log_level.upper())
         self.registry = ModelRegistry(
             AppConfig.model_validate(config), handles, created, preprocessor
         )

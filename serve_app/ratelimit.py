@@ -56,10 +56,11 @@ class RateLimiter:
         window.expire(now)
         return window
 
-    def admit(self, key: str, limits: dict[str, Any], kind: str) -> float | None:
+    def admit(self, key: str, limits: dict[str, Any], kind: str | None) -> float | None:
         """Count one request; return None if admitted, else seconds to wait.
 
-        ``kind`` (``tokens`` or ``audio``) picks the usage budget that also has to have room.
+        ``kind`` (``tokens``, ``audio`` or None) picks the usage budget that also has to have
+        room.
         """
         now = time.monotonic()
         rpm = limits.get("requests_per_minute")
@@ -67,7 +68,7 @@ class RateLimiter:
         waits = []
         if rpm is not None and requests.total >= rpm:
             waits.append(requests.retry_after(now, rpm))
-        budget = limits.get(KINDS[kind])
+        budget = limits.get(KINDS[kind]) if kind else None
         if budget is not None:
             usage = self._window(key, kind, now)
             if usage.total >= budget:
@@ -93,7 +94,7 @@ class RateLimits:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def admit(self, key: APIKey | None, kind: str) -> None:
+    async def admit(self, key: APIKey | None, kind: str | None) -> None:
         """429 ``rate_limit_exceeded`` with ``Retry-After`` when the key is over a limit."""
         if key is None or not key.limits.any or self.handle is None:
             return

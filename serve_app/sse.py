@@ -5,8 +5,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from deployments.common.contracts import ChunkFrame, ErrorFrame, Frame
+from serve_app.log import LOGGER
 
-logger = logging.getLogger("serve_app")
+logger = logging.getLogger(LOGGER)
 
 DONE = b"data: [DONE]\n\n"
 

@@ -6,7 +6,7 @@ import logging
 from deployments.audio.decode import AudioDecodeError, AudioTooLongError, decode_audio
 from deployments.common.contracts import DecodedAudio, ErrorFrame
 
-logger = logging.getLogger("deployments.audio")
+logger = logging.getLogger("ray.serve.deployments.audio")
 
 
 class AudioPreprocessor:

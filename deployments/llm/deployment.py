@@ -11,7 +11,7 @@ from typing import Any
 
 from deployments.common.contracts import Frame
 
-logger = logging.getLogger("deployments.llm")
+logger = logging.getLogger("ray.serve.deployments.llm")
 
 # In-process engine core: faster start, one process per replica for Ray to account for.
 ENGINE_ENV_DEFAULTS = {

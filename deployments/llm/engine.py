@@ -27,7 +27,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from deployments.common.contracts import ChunkFrame, ErrorFrame, Frame, JSONFrame, UsageFrame
 from deployments.llm.schema import drop_nulls, validation_error
 
-logger = logging.getLogger("deployments.llm")
+logger = logging.getLogger("ray.serve.deployments.llm")
 
 _SSE_PREFIX = "data: "
 _SSE_DONE = "[DONE]"

@@ -11,7 +11,7 @@ from typing import Any
 from deployments.common.contracts import DecodedAudio, ErrorFrame, Frame, UsageFrame
 from deployments.whisper import formats
 
-logger = logging.getLogger("deployments.whisper")
+logger = logging.getLogger("ray.serve.deployments.whisper")
 
 
 class WhisperDeployment:
@@ -21,6 +21,8 @@ class WhisperDeployment:
         from deployments.whisper.engine import WhisperEngine  # noqa: PLC0415 - replicas only
 
         self.model_id = model_id
+        self.active = 0
+        self.segments_decoded = 0
         self.engine = WhisperEngine(source, engine_options)
         self.engine.self_test()
         logger.info("Whisper %s ready (multilingual: %s)", model_id, self.engine.multilingual)
@@ -56,6 +58,16 @@ class WhisperDeployment:
         if refusal is not None:
             yield refusal
             return
+        self.active += 1
+        try:
+            async for frame in self._transcribe(audio, params):
+                yield frame
+        finally:
+            self.active -= 1
+
+    async def _transcribe(
+        self, audio: DecodedAudio, params: dict[str, Any]
+    ) -> AsyncIterator[Frame]:
         granularities = params.get("timestamp_granularities") or []
         transcript = await asyncio.to_thread(
             self.engine.transcribe,
@@ -68,6 +80,7 @@ class WhisperDeployment:
         )
         segments = []
         while (segment := await asyncio.to_thread(next, transcript.segments, None)) is not None:
+            self.segments_decoded += 1
             if params.get("stream"):
                 text = segment["text"] if segments else segment["text"].lstrip()
                 yield formats.delta_event(text)
@@ -84,6 +97,10 @@ class WhisperDeployment:
             segments,
             granularities,
         )
+
+    async def stats(self) -> dict[str, int]:
+        """Transcriptions in progress and segments decoded so far on this replica."""
+        return {"active": self.active, "segments_decoded": self.segments_decoded}
 
     async def ready(self) -> str:
         """Return the model id if the model is loaded (raises otherwise)."""

@@ -11,10 +11,11 @@ from fastapi.responses import Response
 from serve_app.auth import APIKey, authorize_model
 from serve_app.dispatch import frames_to_response
 from serve_app.errors import request_id_of
+from serve_app.log import LOGGER
 from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry, ServedModel
 
-logger = logging.getLogger("serve_app")
+logger = logging.getLogger(LOGGER)
 
 
 def registry(request: Request) -> ModelRegistry:
@@ -40,7 +41,7 @@ async def run_backend(
     stream: bool,
     call: Callable[[], Any],
 ) -> Response:
-    """Start ``call()`` (a streaming handle call) and answer with its frames.
+    """Make ``call()`` (a streaming handle call) and answer with its frames.
 
     Usage is recorded against the key's rate limits once known. The first frame must come
     within the stream TTFT limit (streams) or the request timeout (everything else).
@@ -55,7 +56,7 @@ async def run_backend(
         rid,
     )
     return await frames_to_response(
-        call(),
+        call,
         rid,
         timeout_s=limits.stream_ttft_timeout_s if stream else limits.request_timeout_s,
         retry_after_s=limits.retry_after_s,

@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from serve_app.log import LOGGER
 from serve_app.registry import ModelRegistry, ServedModel
 from serve_app.routes.deps import registry
 
-logger = logging.getLogger("serve_app")
+logger = logging.getLogger(LOGGER)
 router = APIRouter()
 
 

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from serve_app.auth import APIKey, authorize_model, require
 from serve_app.registry import ModelRegistry
@@ -15,7 +15,8 @@ Key = Annotated[APIKey | None, Depends(require("models"))]
 
 
 @router.get("/v1/models")
-async def list_models(models: Registry, key: Key) -> dict[str, Any]:
+async def list_models(request: Request, models: Registry, key: Key) -> dict[str, Any]:
+    await request.app.state.rate_limits.admit(key, None)
     allowed = [
         m.card(models.created)
         for m in models.models
@@ -25,7 +26,10 @@ async def list_models(models: Registry, key: Key) -> dict[str, Any]:
 
 
 @router.get("/v1/models/{model_id:path}")
-async def retrieve_model(model_id: str, models: Registry, key: Key) -> dict[str, Any]:
+async def retrieve_model(
+    request: Request, model_id: str, models: Registry, key: Key
+) -> dict[str, Any]:
+    await request.app.state.rate_limits.admit(key, None)
     model = models.lookup(model_id)
     authorize_model(key, model.id, model.config.aliases)
     return model.card(models.created)

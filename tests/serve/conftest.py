@@ -3,6 +3,7 @@
 The app runs with API keys set, so the same session also proves the 401 paths.
 """
 
+import hashlib
 import os
 import socket
 import tempfile
@@ -17,6 +18,43 @@ from openai import OpenAI
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
+RPM_LIMIT = 4
+# Scoped and rate-limited keys, written to a keys file for the session's app.
+KEYS_FILE = f"""
+keys:
+  - name: chat-only
+    secret: chat-only-secret
+    endpoints: [chat-completions]
+    models: [smollm2-135m-instruct]
+  - name: tiny-stt
+    sha256: {hashlib.sha256(b"tiny-stt-secret").hexdigest()}
+    endpoints: [models, audio-transcriptions]
+    models: [whisper-tiny.en]
+  - name: few-requests
+    secret: few-requests-secret
+    limits: {{requests_per_minute: {RPM_LIMIT}}}
+  - name: few-tokens
+    secret: few-tokens-secret
+    limits: {{tokens_per_minute: 30}}
+"""
+# What the session's app changes from the shipped config, so that limits are reachable:
+# two ingress replicas (rate limits must hold across them), small LLM queues, a short
+# request timeout.
+TEST_OVERRIDES = {
+    "ingress": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}},
+    "llm": {"max_ongoing_requests": 8, "max_queued_requests": 8},
+    "limits": {"request_timeout_s": 20},
+}
+
+
+def session_args(args: dict) -> dict:
+    """The shipped config's args with ``TEST_OVERRIDES`` applied."""
+    args["ingress"].update(TEST_OVERRIDES["ingress"])
+    for model in args["models"]:
+        if model["family"] == "llm":
+            model["deployment"].update(TEST_OVERRIDES["llm"])
+    args.setdefault("limits", {}).update(TEST_OVERRIDES["limits"])
+    return args
 
 
 def free_port() -> int:
@@ -30,6 +68,9 @@ def base_url() -> Iterator[str]:
     # Workers inherit the driver's environment: set it before Ray starts, restore it after.
     saved = dict(os.environ)
     os.environ["SERVE_APP_API_KEYS"] = f"{API_KEY},{OTHER_KEY}"
+    keys_file = Path(tempfile.mkdtemp()) / "keys.yaml"
+    keys_file.write_text(KEYS_FILE)
+    os.environ["SERVE_APP_KEYS_FILE"] = str(keys_file)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -43,7 +84,7 @@ def base_url() -> Iterator[str]:
 
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     (app_config,) = config["applications"]
-    args = AppConfig.model_validate(app_config["args"])
+    args = AppConfig.model_validate(session_args(app_config["args"]))
 
     temp_dir = Path(tempfile.gettempdir()) / f"ray-openai-serve-{os.getuid()}"
     ray.init(

@@ -227,6 +227,7 @@ def test_client_disconnect_aborts_generation(base_url: str, http: httpx.Client):
         "model": MODEL,
         "messages": [{"role": "user", "content": "Count from 1 to 1000, one per line."}],
         "max_tokens": 1500,
+        "ignore_eos": True,
         "stream": True,
     }
     with http.stream("POST", "/v1/chat/completions", json=body) as response:

@@ -34,7 +34,8 @@ def test_serve_options_carry_placement_and_scaling():
     options = config.models[0].deployment.to_serve_options("llm-x")
     assert options["name"] == "llm-x"
     assert options["ray_actor_options"] == {"num_cpus": 1}
-    assert options["max_ongoing_requests"] == 32
+    assert options["max_ongoing_requests"] == 128
+    assert options["max_queued_requests"] == 256
     assert options["autoscaling_config"]["max_replicas"] == 1
 
 

@@ -10,6 +10,7 @@ from ray.serve.exceptions import BackPressureError
 from deployments.common.contracts import ChunkFrame, JSONFrame, UsageFrame
 from serve_app import ratelimit
 from serve_app.auth import APIKey, load_keys
+from serve_app.log import LOGGER
 from serve_app.ratelimit import RateLimiter
 from tests.unit.fakes import FakeHandle, LocalHandle
 from tests.unit.test_ingress import CHAT, MODEL, assert_envelope, make_client, sse_lines
@@ -83,7 +84,7 @@ def test_keys_file_and_validation(tmp_path):
 
 def test_logs_name_the_key_never_the_secret(caplog):
     client = make_client(FakeHandle(OK), key_records=[scoped(name="team-a")])
-    with caplog.at_level(logging.INFO, logger="serve_app"):
+    with caplog.at_level(logging.INFO, logger=LOGGER):
         client.post("/v1/chat/completions", json=CHAT, headers=bearer("s3cret"))
         client.post("/v1/chat/completions", json=CHAT, headers=bearer("wrong-secret"))
     assert "key=team-a" in caplog.text
@@ -185,8 +186,24 @@ def test_timeouts_are_504_and_cancel_the_backend(stream, limit):
     assert handle.cancelled
 
 
-def test_full_queue_is_503_with_retry_after():
-    handle = FakeHandle(BackPressureError(num_queued_requests=10, max_queued_requests=10))
+class FullQueueHandle(FakeHandle):
+    """Serve raises BackPressureError from ``.remote()`` itself when the queue is full."""
+
+    def __getattr__(self, name):
+        def remote(*args):
+            raise BackPressureError(num_queued_requests=10, max_queued_requests=10)
+
+        return type("M", (), {"remote": staticmethod(remote)})()
+
+
+@pytest.mark.parametrize(
+    "handle",
+    [
+        FakeHandle(BackPressureError(num_queued_requests=10, max_queued_requests=10)),
+        FullQueueHandle([]),
+    ],
+)
+def test_full_queue_is_503_with_retry_after(handle):
     response = make_client(handle).post("/v1/chat/completions", json=CHAT)
     assert_envelope(response, 503, "overloaded")
     assert response.headers["retry-after"] == "2"

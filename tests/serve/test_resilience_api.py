@@ -1,0 +1,154 @@
+"""Crash recovery and graceful redeploys, proven on the running app (real processes)."""
+
+import concurrent.futures
+import json
+import os
+import signal
+import time
+
+import httpx
+import psutil
+import pytest
+import yaml
+from ray import serve
+
+from bench.speech_bench import minute_clip
+from tests.serve.conftest import ROOT, session_args
+
+pytestmark = pytest.mark.serve
+
+MODEL = "smollm2-135m-instruct"
+LLM_DEPLOYMENT = f"llm-{MODEL}"
+
+
+def replica_pids(deployment: str) -> list[int]:
+    """PIDs of the live replica processes (Ray titles them ``ray::ServeReplica:app:name``)."""
+    title = f"ray::ServeReplica:openai:{deployment}"
+    return [p.pid for p in psutil.process_iter(["cmdline"]) if _title(p).split()[:1] == [title]]
+
+
+def engine_cores() -> list[psutil.Process]:
+    """vLLM's engine-core processes (one per live LLM replica)."""
+    return [p for p in psutil.process_iter(["cmdline"]) if "EngineCore" in _title(p)]
+
+
+def _title(process: psutil.Process) -> str:
+    return " ".join(process.info["cmdline"] or [])
+
+
+def wait_until(predicate, deadline_s: float, what: str):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            result = predicate()
+        except Exception:
+            result = None
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def chat_ok(http: httpx.Client) -> bool:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    return http.post("/v1/chat/completions", json=body, timeout=30).status_code == 200
+
+
+def stream_events(http: httpx.Client, max_tokens: int) -> tuple[int, list[str], float]:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,  # vLLM's: always generate max_tokens
+        "temperature": 0,
+        "stream": True,
+    }
+    response = http.post("/v1/chat/completions", json=body, timeout=120)
+    events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e]
+    return response.status_code, events, time.monotonic()
+
+
+def test_llm_replica_killed_under_load_recovers(http: httpx.Client):
+    (pid,) = replica_pids(LLM_DEPLOYMENT)
+    llm = serve.get_deployment_handle(LLM_DEPLOYMENT, app_name="openai")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        streams = [pool.submit(stream_events, http, 600) for _ in range(3)]
+        unary = pool.submit(
+            http.post,
+            "/v1/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "Story?"}],
+                "max_tokens": 600,
+            },  # fmt: skip
+        )
+        wait_until(lambda: llm.num_unfinished_requests.remote().result() >= 4, 30, "load")
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        for future in streams:
+            status, events, ended = future.result(timeout=60)
+            assert ended - killed_at < 15, "stream hung after the replica died"
+            assert status == 200 and events[-1] == "[DONE]"
+            error = json.loads(events[-2])
+            assert error["error"]["type"] == "server_error"
+            assert "Traceback" not in events[-2] and "pid" not in events[-2]
+        response = unary.result(timeout=60)
+        assert response.status_code in (500, 503)
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    wait_until(lambda: chat_ok(http), 240, "a replacement replica")
+    (new_pid,) = replica_pids(LLM_DEPLOYMENT)
+    assert new_pid != pid
+    # The dead replica's engine core went with it: one engine core per live replica.
+    wait_until(lambda: len(engine_cores()) == 1, 30, "the orphaned engine core to exit")
+
+
+def test_whisper_replica_killed_mid_request_recovers(http: httpx.Client):
+    (pid,) = replica_pids("whisper-whisper-base")
+    whisper = serve.get_deployment_handle("whisper-whisper-base", app_name="openai")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(
+            http.post,
+            "/v1/audio/transcriptions",
+            files={"file": ("long.wav", minute_clip(60))},
+            data={"model": "whisper-base"},
+            timeout=120,
+        )
+        wait_until(lambda: whisper.stats.remote().result()["active"], 30, "transcription")
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        response = pending.result(timeout=60)
+        assert time.monotonic() - killed_at < 15
+    assert response.status_code in (500, 503)
+    assert "Traceback" not in response.text
+    short = {"file": ("a.wav", (ROOT / "tests/fixtures/speech_en.wav").read_bytes())}
+
+    def transcribed() -> bool:
+        r = http.post("/v1/audio/transcriptions", files=short, data={"model": "whisper-base"})
+        return r.status_code == 200 and "fox" in r.json()["text"].lower()
+
+    wait_until(transcribed, 120, "a replacement Whisper replica")
+
+
+def test_redeploy_lets_in_flight_streams_finish(http: httpx.Client):
+    from serve_app.app import build_app
+    from serve_app.config import AppConfig
+
+    (old_pid,) = replica_pids(LLM_DEPLOYMENT)
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    args = session_args(config["applications"][0]["args"])
+    llm = next(m for m in args["models"] if m["family"] == "llm")
+    llm["deployment"]["num_cpus"] = 0.9  # a change that replaces the replicas
+    handle = serve.get_deployment_handle(LLM_DEPLOYMENT, app_name="openai")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        in_flight = [pool.submit(stream_events, http, 120) for _ in range(2)]
+        wait_until(lambda: handle.num_unfinished_requests.remote().result() >= 2, 30, "streams")
+        serve.run(build_app(AppConfig.model_validate(args)), name="openai", route_prefix="/",
+                  blocking=False)  # fmt: skip
+        for future in in_flight:
+            status, events, _ = future.result(timeout=120)
+            assert status == 200 and events[-1] == "[DONE]"
+            last = json.loads(events[-2])
+            assert "error" not in last
+            assert last["choices"][0]["finish_reason"] == "length"
+    wait_until(lambda: replica_pids(LLM_DEPLOYMENT) not in ([], [old_pid]), 240, "new replica")
+    wait_until(lambda: chat_ok(http), 240, "the redeployed app")

@@ -1,0 +1,150 @@
+"""Security and reliability promises, each proven against the running app over real HTTP."""
+
+import concurrent.futures
+import time
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+from ray import serve
+
+from tests.audio_files import SPEECH_EN
+from tests.serve.conftest import RPM_LIMIT
+
+pytestmark = pytest.mark.serve
+
+MODEL = "smollm2-135m-instruct"
+HELLO = [{"role": "user", "content": "Say hello."}]
+
+
+def key_client(base_url: str, secret: str) -> OpenAI:
+    return OpenAI(base_url=f"{base_url}/v1", api_key=secret, max_retries=0, timeout=60)
+
+
+def llm_handle():
+    return serve.get_deployment_handle(f"llm-{MODEL}", app_name="openai")
+
+
+def wait_engine_idle(deadline_s: float = 10) -> None:
+    end = time.monotonic() + deadline_s
+    while llm_handle().num_unfinished_requests.remote().result() != 0:
+        assert time.monotonic() < end, "engine still busy"
+        time.sleep(0.1)
+
+
+def test_endpoint_and_model_scopes(base_url: str):
+    chat_only = key_client(base_url, "chat-only-secret")
+    reply = chat_only.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3)
+    assert reply.choices
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        chat_only.models.list()
+    assert info.value.code == "permission_denied"
+    with pytest.raises(openai.PermissionDeniedError):
+        chat_only.completions.create(model=MODEL, prompt="x", max_tokens=1)
+
+    tiny = key_client(base_url, "tiny-stt-secret")  # stored as SHA-256 only
+    assert [m.id for m in tiny.models.list()] == ["whisper-tiny.en"]
+    with SPEECH_EN.open("rb") as audio:
+        assert "fox" in tiny.audio.transcriptions.create(model="whisper-tiny.en", file=audio).text
+    with SPEECH_EN.open("rb") as audio, pytest.raises(openai.PermissionDeniedError) as info:
+        tiny.audio.transcriptions.create(model="whisper-1", file=audio)
+    assert info.value.param == "model"
+    with pytest.raises(openai.PermissionDeniedError):
+        tiny.chat.completions.create(model=MODEL, messages=HELLO)
+
+
+def test_requests_per_minute_hold_across_ingress_replicas(base_url: str):
+    status = serve.status().applications["openai"].deployments["ingress"]
+    assert status.replica_states.get("RUNNING") == 2  # two replicas share the counters
+    headers = {"Authorization": "Bearer few-requests-secret"}
+    codes = []
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30) as http:
+        for _ in range(RPM_LIMIT * 3):
+            # New connections spread the requests over both ingress replicas.
+            response = http.get("/v1/models", headers={"Connection": "close"})
+            codes.append(response.status_code)
+            if response.status_code == 429:
+                assert response.json()["error"]["code"] == "rate_limit_exceeded"
+                assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert codes.count(200) == RPM_LIMIT and codes.count(429) == RPM_LIMIT * 2
+
+
+def test_tokens_per_minute(base_url: str):
+    client = key_client(base_url, "few-tokens-secret")
+    used = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5)
+    assert used.usage.total_tokens > 30  # one request spends the minute's 30 tokens
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5)
+    assert info.value.response.headers["retry-after"]
+
+
+def test_overload_answers_503_quickly_instead_of_queueing(http: httpx.Client, base_url: str):
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 300, "stream": True}
+    headers = {"Authorization": http.headers["Authorization"]}
+
+    def open_stream(_: int) -> tuple[int, float, str]:
+        start = time.monotonic()
+        with httpx.stream(
+            "POST", f"{base_url}/v1/chat/completions", json=body, headers=headers, timeout=60
+        ) as response:
+            elapsed = time.monotonic() - start
+            retry = response.headers.get("retry-after", "")
+            if response.status_code == 503:
+                assert response.read() and response.json()["error"]["code"] == "overloaded"
+            response.close()  # drop accepted streams at once: this aborts their generation
+            return response.status_code, elapsed, retry
+
+    with concurrent.futures.ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(open_stream, range(40)))
+    rejected = [r for r in results if r[0] == 503]
+    assert rejected, results
+    assert all(r[0] in (200, 503) for r in results)
+    assert all(elapsed < 5 and retry for _, elapsed, retry in rejected)
+    wait_engine_idle(30)
+
+
+def test_json_body_limit(http: httpx.Client):
+    huge = {"model": MODEL, "messages": [{"role": "user", "content": "x" * (5 * 2**20)}]}
+    response = http.post("/v1/chat/completions", json=huge)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_request_timeout_is_504_and_aborts_the_generation(client: OpenAI):
+    start = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Count from 1 to 2000."}],
+            max_tokens=1900,
+            temperature=0,
+            extra_body={"ignore_eos": True},  # vLLM's: generate all 1900 tokens
+        )
+    assert info.value.status_code == 504
+    assert info.value.code == "timeout"
+    assert time.monotonic() - start < 30
+    wait_engine_idle(5)
+
+
+def test_whisper_stops_between_segments_when_the_client_leaves(base_url: str, http: httpx.Client):
+    from bench.speech_bench import minute_clip
+
+    whisper = serve.get_deployment_handle("whisper-whisper-base", app_name="openai")
+    before = whisper.stats.remote().result()["segments_decoded"]
+    with pytest.raises(httpx.ReadTimeout):
+        http.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("long.wav", minute_clip(60))},
+            data={"model": "whisper-base"},
+            timeout=4,
+        )
+    end = time.monotonic() + 10
+    while whisper.stats.remote().result()["active"]:
+        assert time.monotonic() < end, "transcription still running"
+        time.sleep(0.2)
+    settled = whisper.stats.remote().result()["segments_decoded"]
+    time.sleep(3)
+    after = whisper.stats.remote().result()["segments_decoded"]
+    assert after == settled  # nothing decodes once the request is gone
+    assert after - before < 10  # the minute has ~17 segments: it stopped part-way

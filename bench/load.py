@@ -89,34 +89,38 @@ async def run(url: str, streams: int, duration: float, max_tokens: int) -> Stats
     return stats
 
 
+def report(stats: Stats, elapsed: float) -> None:
+    print(f"  completed streams   {len(stats.latency)}")
+    print(f"  errors              {sum(stats.errors.values())} {dict(stats.errors)}")
+    print(f"  TTFT                {percentiles(stats.ttft)}")
+    print(f"  stream latency      {percentiles(stats.latency)}")
+    print(f"  tokens/s (all)      {stats.tokens / elapsed:.1f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=200)
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat: warm-up vs growth")
     args = parser.parse_args()
+    errors = 0
     with running_server() as server:
         asyncio.run(run(server.url, 4, 1, 8))  # warm-up
-        before = server.memory_mib()
-        started = time.monotonic()
-        stats = asyncio.run(run(server.url, args.streams, args.duration, args.max_tokens))
-        elapsed = time.monotonic() - started
-        time.sleep(5)
-        after = server.memory_mib()
-        healthy = httpx.get(f"{server.url}/health", timeout=30).status_code
-    done = len(stats.latency)
-    print(
-        f"{args.streams} concurrent streams for {args.duration:.0f} s ({elapsed:.0f} s with drain)"
-    )
-    print(f"  completed streams   {done}")
-    print(f"  errors              {sum(stats.errors.values())} {dict(stats.errors)}")
-    print(f"  TTFT                {percentiles(stats.ttft)}")
-    print(f"  stream latency      {percentiles(stats.latency)}")
-    print(f"  tokens/s (all)      {stats.tokens / elapsed:.1f}")
-    print(f"  memory (PSS)        before {before:.0f} MiB, after {after:.0f} MiB "
-          f"({after - before:+.0f} MiB)")  # fmt: skip
-    print(f"  /health after       {healthy}")
-    return 0 if not stats.errors else 1
+        memory = [server.memory_mib()]
+        for round_no in range(1, args.rounds + 1):
+            started = time.monotonic()
+            stats = asyncio.run(run(server.url, args.streams, args.duration, args.max_tokens))
+            elapsed = time.monotonic() - started
+            time.sleep(5)
+            memory.append(server.memory_mib())
+            healthy = httpx.get(f"{server.url}/health", timeout=30).status_code
+            errors += sum(stats.errors.values())
+            print(f"round {round_no}: {args.streams} streams for {args.duration:.0f} s "
+                  f"({elapsed:.0f} s with drain), /health after: {healthy}")  # fmt: skip
+            report(stats, elapsed)
+            print(f"  memory (PSS)        {memory[-2]:.0f} -> {memory[-1]:.0f} MiB")
+    return 0 if not errors else 1
 
 
 if __name__ == "__main__":

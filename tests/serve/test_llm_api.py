@@ -234,8 +234,8 @@ def test_client_disconnect_aborts_generation(base_url: str, http: httpx.Client):
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
         assert llm.num_unfinished_requests.remote().result() == 1
-    # The connection is closed mid-stream: the engine must drop the request promptly.
-    deadline = time.monotonic() + 5
+    # The connection is closed mid-stream: the engine drops the request within a second.
+    deadline = time.monotonic() + 1.0
     while llm.num_unfinished_requests.remote().result() != 0:
-        assert time.monotonic() < deadline, "generation still running after disconnect"
-        time.sleep(0.1)
+        assert time.monotonic() < deadline, "generation still running 1 s after disconnect"
+        time.sleep(0.05)

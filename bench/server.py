@@ -17,6 +17,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def engine_options(model_id: str) -> dict:
+    """The engine options the shipped config gives ``model_id``, as its deployment gets them."""
+    from serve_app.config import AppConfig
+
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    args = AppConfig.model_validate(config["applications"][0]["args"])
+    return next(m for m in args.models if m.id == model_id).engine.model_dump()
+
+
 @dataclass
 class Server:
     url: str

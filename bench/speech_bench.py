@@ -15,10 +15,9 @@ import sys
 import time
 
 import numpy as np
-import yaml
 from openai import OpenAI
 
-from bench.server import ROOT, running_server
+from bench.server import ROOT, engine_options, running_server
 from deployments.audio.decode import decode_audio
 from tests.audio_files import CONTAINERS, SPEECH_EN, transcode, wav_bytes
 
@@ -45,12 +44,6 @@ def timed(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def whisper_options(model_id: str) -> dict:
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    models = config["applications"][0]["args"]["models"]
-    return next(m for m in models if m["id"] == model_id)["engine"]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -75,7 +68,7 @@ def main() -> int:
 
     from deployments.whisper.engine import WhisperEngine
 
-    engine = WhisperEngine(str(ROOT / "models" / args.model), whisper_options(args.model))
+    engine = WhisperEngine(str(ROOT / "models" / args.model), engine_options(args.model))
     samples = decode_audio(clip)
 
     def direct() -> None:

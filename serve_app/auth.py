@@ -38,7 +38,7 @@ class KeyLimits(BaseModel):
 
     @property
     def any(self) -> bool:
-        return any(v is not None for v in self.model_dump().values())
+        return any(getattr(self, name) is not None for name in type(self).model_fields)
 
 
 class APIKey(BaseModel):

@@ -110,7 +110,7 @@ class RateLimits:
 
     def recorder(self, key: APIKey | None, kind: str):
         """A callback recording a response's usage against ``key`` (None if unlimited)."""
-        if key is None or key.limits.model_dump().get(KINDS[kind]) is None or not self.handle:
+        if key is None or self.handle is None or getattr(key.limits, KINDS[kind]) is None:
             return None
 
         def record(amount: float) -> None:

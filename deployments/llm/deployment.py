@@ -13,7 +13,8 @@ from deployments.common.contracts import Frame
 
 logger = logging.getLogger("ray.serve.deployments.llm")
 
-# In-process engine core: faster start, one process per replica for Ray to account for.
+# Offline, no usage stats. (AsyncLLM runs its engine core in a child process whatever
+# VLLM_ENABLE_V1_MULTIPROCESSING says; the flag only keeps vLLM from reseeding this process.)
 ENGINE_ENV_DEFAULTS = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "VLLM_NO_USAGE_STATS": "1",

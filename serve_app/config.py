@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serve_app.protocol.sampling import SamplingFields
+
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 
 
@@ -95,10 +97,22 @@ class LLMEngineOptions(StrictModel):
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences batched at once.")
     seed: int = Field(0, description="Engine seed.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per replica for tensor parallel.")
-    chat_template: str | None = Field(None, description="Jinja chat template override (text).")
-    tool_call_parser: str | None = Field(None, description="vLLM tool parser name.")
+    chat_template: str | None = Field(
+        None,
+        description="Chat template: inline Jinja, an absolute path, or a file name under "
+        "deployments/llm/templates/ (default: the model's own).",
+    )
+    tool_call_parser: str | None = Field(
+        None, description="vLLM tool parser name (e.g. hermes); needed for tools."
+    )
     enable_auto_tool_choice: bool = Field(False, description="Allow tool_choice=auto.")
-    reasoning_parser: str | None = Field(None, description="vLLM reasoning parser name.")
+    tool_strict_level: Literal["auto", "function", "parameter"] = Field(
+        "auto",
+        description="Constrain tool calls: 'parameter' makes arguments match each tool's schema.",
+    )
+    reasoning_parser: str | None = Field(
+        None, description="vLLM reasoning parser name, or think_tags (<think> as plain text)."
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="Further AsyncEngineArgs passed through verbatim."
     )
@@ -119,11 +133,27 @@ class _ModelBase(StrictModel):
     owned_by: str = Field("ray-openai-serve", description="`owned_by` in /v1/models.")
 
 
+class SamplingDefaults(SamplingFields):
+    """Sampler values used when a request leaves them unset (OpenAI's defaults otherwise)."""
+
+    @model_validator(mode="after")
+    def _one_repeat_penalty(self) -> "SamplingDefaults":
+        if self.both_repeat_penalties():
+            raise ValueError("set either repeat_penalty or repetition_penalty, not both")
+        return self
+
+
 class LLMModelConfig(_ModelBase):
     """One LLM served by its own vLLM deployment (weights in Hugging Face format)."""
 
     family: Literal["llm"]
     engine: LLMEngineOptions = Field(default_factory=LLMEngineOptions)
+    sampling_defaults: SamplingDefaults | None = Field(
+        None, description="Sampler defaults (e.g. llama.cpp's: top_k 40, min_p 0.05)."
+    )
+    audio_model: str | None = Field(
+        None, description="STT model that transcribes input_audio parts (default: audio's)."
+    )
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=64, max_queued_requests=128),
         description="Placement and scaling of this model's replicas.",
@@ -247,9 +277,16 @@ class AppConfig(StrictModel):
                         f"and {model.id!r}"
                     )
                 seen[name] = model.id
+        stt = {m.id for m in self.stt_models}
         default = self.audio.default_model
-        if default is not None and seen.get(default) not in {m.id for m in self.stt_models}:
+        if default is not None and seen.get(default) not in stt:
             raise ValueError(f"audio.default_model {default!r} is not a configured whisper model")
+        for model in self.models:
+            audio_model = getattr(model, "audio_model", None)
+            if audio_model is not None and seen.get(audio_model) not in stt:
+                raise ValueError(
+                    f"model {model.id!r}: audio_model {audio_model!r} is not a whisper model"
+                )
         return self
 
     @property

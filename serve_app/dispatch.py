@@ -17,7 +17,7 @@ from deployments.common.contracts import (
     TextFrame,
     UsageFrame,
 )
-from serve_app.errors import error_response, server_error
+from serve_app.errors import APIError, error_response, server_error
 from serve_app.log import LOGGER
 from serve_app.sse import sse_stream
 
@@ -46,6 +46,54 @@ async def _rest(stream: Any, on_usage: UsageCallback) -> AsyncIterator[Frame]:
         _cancel(stream)
 
 
+async def open_call(
+    call: Callable[[], Any], request_id: str, timeout_s: float, retry_after_s: int
+) -> tuple[Any, Frame]:
+    """Make a streaming handle call and await its first frame: ``(stream, first)``.
+
+    No first frame within ``timeout_s``: the call is cancelled (aborting the engine work) and
+    ``APIError`` 504 is raised. A full deployment queue is 503 with ``Retry-After``; any other
+    failure of the call (a dead replica, say) is 503 naming only the request id.
+    """
+    stream = None
+    try:
+        stream = call()  # a full queue can raise here already
+        return stream, await asyncio.wait_for(stream.__anext__(), timeout_s)
+    except StopAsyncIteration:
+        logger.error("backend returned no frame [request_id=%s]", request_id)
+        raise APIError(500, _with_id("The server had an error.", request_id)) from None
+    except TimeoutError:
+        _cancel(stream)  # aborts the engine work
+        logger.warning("backend timed out after %ss [request_id=%s]", timeout_s, request_id)
+        message = f"The model did not answer within {timeout_s:g} seconds"
+        raise APIError(504, _with_id(message, request_id), code="timeout") from None
+    except BackPressureError:  # the call never reached a replica: nothing to cancel
+        logger.warning("backend queue full [request_id=%s]", request_id)
+        raise APIError(
+            503,
+            "The model is overloaded: too many requests are queued. Please retry.",
+            code="overloaded",
+            headers={"Retry-After": str(retry_after_s)},
+        ) from None
+    except Exception:
+        _cancel(stream)
+        logger.exception("backend call failed [request_id=%s]", request_id)
+        raise APIError(503, _with_id("The model backend is unavailable.", request_id)) from None
+
+
+def _with_id(message: str, request_id: str) -> str:
+    return f"{message.rstrip('.')} (request id: {request_id})."
+
+
+async def first_frame(
+    call: Callable[[], Any], request_id: str, timeout_s: float, retry_after_s: int
+) -> Frame:
+    """The first frame of a call whose answer is one frame (the call is then closed)."""
+    stream, first = await open_call(call, request_id, timeout_s, retry_after_s)
+    _cancel(stream)
+    return first
+
+
 async def frames_to_response(
     call: Callable[[], Any],
     request_id: str,
@@ -54,46 +102,15 @@ async def frames_to_response(
     retry_after_s: int,
     on_usage: UsageCallback = None,
 ) -> Response:
-    """Make a streaming handle call, await its first frame and answer accordingly.
+    """Make a streaming handle call and answer with its frames (see ``open_call``).
 
-    ``call()`` returns a ``DeploymentResponseGenerator`` of ``Frame``s. Errors the backend reports
-    become envelopes with their status. No first frame within ``timeout_s``: the call is
-    cancelled (aborting the engine work) and the answer is 504. A full deployment queue is
-    503 with ``Retry-After``; any other failure of the call (a dead replica, say) is 503
-    naming only the request id.
+    Errors the backend reports become envelopes with their status; a JSON or text frame is
+    the whole body; a chunk starts an SSE stream of the rest.
     """
-    stream = None
     try:
-        stream = call()  # a full queue can raise here already
-        first = await asyncio.wait_for(stream.__anext__(), timeout_s)
-    except StopAsyncIteration:
-        logger.error("backend returned no frame [request_id=%s]", request_id)
-        return server_error(request_id)
-    except TimeoutError:
-        _cancel(stream)  # aborts the engine work
-        logger.warning("backend timed out after %ss [request_id=%s]", timeout_s, request_id)
-        return error_response(
-            ErrorFrame(
-                504,
-                f"The model did not answer within {timeout_s:g} seconds "
-                f"(request id: {request_id}).",
-                code="timeout",
-            )
-        )
-    except BackPressureError:  # the call never reached a replica: nothing to cancel
-        logger.warning("backend queue full [request_id=%s]", request_id)
-        return error_response(
-            ErrorFrame(
-                503,
-                "The model is overloaded: too many requests are queued. Please retry.",
-                code="overloaded",
-            ),
-            headers={"Retry-After": str(retry_after_s)},
-        )
-    except Exception:
-        _cancel(stream)
-        logger.exception("backend call failed [request_id=%s]", request_id)
-        return server_error(request_id, 503, "The model backend is unavailable.")
+        stream, first = await open_call(call, request_id, timeout_s, retry_after_s)
+    except APIError as exc:
+        return error_response(exc.frame, exc.headers)
     if isinstance(first, ErrorFrame):
         _cancel(stream)
         return error_response(first)

@@ -17,6 +17,8 @@ logger = logging.getLogger("ray.serve.deployments.llm")
 # VLLM_ENABLE_V1_MULTIPROCESSING says; the flag only keeps vLLM from reseeding this process.)
 ENGINE_ENV_DEFAULTS = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    # Our samplers implement the V1 runner's logits-processor interface; keep that runner.
+    "VLLM_USE_V2_MODEL_RUNNER": "0",
     "VLLM_NO_USAGE_STATS": "1",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",

@@ -1,13 +1,17 @@
-"""The one module that imports vLLM: ``AsyncLLM`` plus vLLM's own OpenAI serving layer.
+"""The one module that runs vLLM: ``AsyncLLM`` plus vLLM's own OpenAI serving layer.
 
 Chat templates, sampling parameters, tool and reasoning parsing, logprobs and structured
-outputs therefore behave exactly as in vLLM's server. This module turns what that layer
-returns into the plain frames of ``deployments.common.contracts``.
+outputs therefore behave exactly as in vLLM's server. Our llama.cpp-style samplers
+(``samplers.py``) and the ``think_tags`` reasoning parser (``reasoning.py``) plug into it.
+This module turns what that layer returns into the plain frames of
+``deployments.common.contracts``, with our usage extras added.
 """
 
+import contextvars
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,28 +29,59 @@ from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from deployments.common.contracts import ChunkFrame, ErrorFrame, Frame, JSONFrame, UsageFrame
-from deployments.llm.schema import drop_nulls, validation_error
+from deployments.llm import reasoning
+from deployments.llm.samplers import DRY, XTC, RepeatPenaltyWindow
+from deployments.llm.schema import (
+    RequestStats,
+    add_logprobs_refusal,
+    add_usage_extras,
+    drop_nulls,
+    validation_error,
+)
 
 logger = logging.getLogger("ray.serve.deployments.llm")
 
 _SSE_PREFIX = "data: "
 _SSE_DONE = "[DONE]"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+# Options of the serving layer, not of the engine.
+SERVING_OPTIONS = (
+    "chat_template",
+    "tool_call_parser",
+    "enable_auto_tool_choice",
+    "tool_strict_level",
+)
+# The request being served in this task: the engine tap reports into it.
+_stats: contextvars.ContextVar[RequestStats | None] = contextvars.ContextVar(
+    "request_stats", default=None
+)
+
+
+def template_path(value: str | None) -> str | None:
+    """A chat template: inline Jinja, an absolute path, or a file name under ``templates/``."""
+    if not value or "{" in value or Path(value).is_absolute():
+        return value
+    return str(TEMPLATES / value)
 
 
 def engine_args(model_id: str, source: str, options: dict[str, Any]) -> AsyncEngineArgs:
     """Build ``AsyncEngineArgs`` from the config's engine options."""
     opts = dict(options)
-    extra = opts.pop("extra", {}) or {}
-    for key in ("chat_template", "tool_call_parser", "enable_auto_tool_choice"):
+    extra = dict(opts.pop("extra", {}) or {})
+    for key in SERVING_OPTIONS:
         opts.pop(key, None)
     reasoning_parser = opts.pop("reasoning_parser", None)
     if reasoning_parser:
         extra.setdefault("reasoning_parser", reasoning_parser)
+        extra.setdefault("reasoning_parser_plugin", reasoning.__file__)
+    # Sampling defaults come from our config (`sampling_defaults`), not generation_config.json.
+    extra.setdefault("generation_config", "vllm")
     kwargs = {k: v for k, v in opts.items() if v is not None}
     return AsyncEngineArgs(
         model=source,
         served_model_name=[model_id],
-        disable_log_stats=True,
+        disable_log_stats=False,  # fills RequestOutput.metrics (tokens_per_second)
+        logits_processors=[RepeatPenaltyWindow, DRY, XTC],
         **kwargs,
         **extra,
     )
@@ -60,7 +95,9 @@ class VLLMEngine:
         self.engine = AsyncLLM.from_engine_args(
             engine_args(model_id, source, options), usage_context=UsageContext.OPENAI_API_SERVER
         )
-        chat_template = load_chat_template(options.get("chat_template"))
+        self._generate = self.engine.generate
+        self.engine.generate = self._tapped_generate  # the serving layer calls this
+        chat_template = load_chat_template(template_path(options.get("chat_template")))
         tool_parser = options.get("tool_call_parser")
         auto_tools = bool(options.get("enable_auto_tool_choice"))
         reasoning_parser = options.get("reasoning_parser") or ""
@@ -79,7 +116,7 @@ class VLLMEngine:
             enable_auto_tools=auto_tools,
             exclude_tools_when_tool_choice_none=False,
             tool_parser=tool_parser,
-            tool_strict_level="auto",
+            tool_strict_level=options.get("tool_strict_level", "auto"),
             reasoning_parser=reasoning_parser,
             default_chat_template_kwargs=None,
             log_error_stack=False,
@@ -114,21 +151,57 @@ class VLLMEngine:
     def shutdown(self) -> None:
         self.engine.shutdown()
 
+    async def _tapped_generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """``AsyncLLM.generate``, reporting each finished sequence to the current request."""
+        stats = _stats.get()
+        async for output in self._generate(*args, **kwargs):
+            if stats is not None and output.finished:
+                metrics = output.metrics
+                prompt = output.prompt
+                if prompt is None and output.prompt_token_ids:
+                    prompt = self.renderer.tokenizer.decode(output.prompt_token_ids)
+                stats.observe(
+                    prompt,
+                    sum(len(o.token_ids) for o in output.outputs),
+                    getattr(metrics, "scheduled_ts", 0.0),
+                    getattr(metrics, "last_token_ts", 0.0),
+                )
+            yield output
+
     async def generate(
         self, endpoint: str, body: dict[str, Any], request_id: str
     ) -> AsyncIterator[Frame]:
         """Run one OpenAI request (``endpoint`` is ``chat`` or ``completions``) and yield frames.
 
+        ``body`` is a vLLM request body plus ``return_prompt`` (ours: add the rendered prompt).
         A stream always ends with a ``UsageFrame`` (total tokens); the usage chunk itself is
         only sent on when the client asked for it (``stream_options.include_usage``).
         """
         body = {**body, "model": self.model_id, "request_id": request_id}
+        return_prompt = bool(body.pop("return_prompt", False))
+        chat = endpoint == "chat"
         options = body.get("stream_options") or {}
         client_wants_usage = bool(options.get("include_usage"))
         if body.get("stream"):
             body["stream_options"] = {**options, "include_usage": True}
+        stats = RequestStats()
+        token = _stats.set(stats)
         try:
-            if endpoint == "chat":
+            async for frame in self._frames(chat, body, stats, client_wants_usage, return_prompt):
+                yield frame
+        finally:
+            _stats.reset(token)
+
+    async def _frames(
+        self,
+        chat: bool,
+        body: dict[str, Any],
+        stats: RequestStats,
+        client_wants_usage: bool,
+        return_prompt: bool,
+    ) -> AsyncIterator[Frame]:
+        try:
+            if chat:
                 result = await self.chat.create_chat_completion(
                     ChatCompletionRequest.model_validate(body)
                 )
@@ -146,8 +219,10 @@ class VLLMEngine:
             return
         if not hasattr(result, "__aiter__"):
             response = drop_nulls(result.model_dump(mode="json"))
+            _finish(response, stats, chat, return_prompt)
             yield JSONFrame(response, usage=_total_tokens(response))
             return
+        first = True
         async for event in result:
             payload = event.strip()
             if not payload.startswith(_SSE_PREFIX):
@@ -160,10 +235,27 @@ class VLLMEngine:
                 yield error_frame(data["error"])
                 return
             usage_chunk = not data.get("choices") and data.get("usage")
+            if usage_chunk:
+                add_usage_extras(data["usage"], stats, chat)
+            elif chat:
+                add_logprobs_refusal(data)
+            if first and return_prompt:
+                data["prompt"] = stats.prompt
+            first = False
             if client_wants_usage or not usage_chunk:
                 yield ChunkFrame(json.dumps(drop_nulls(data), separators=(",", ":")))
             if usage_chunk:
                 yield UsageFrame(_total_tokens(data))
+
+
+def _finish(response: dict[str, Any], stats: RequestStats, chat: bool, prompt: bool) -> None:
+    """Our additions to a whole (non-streamed) response."""
+    if "usage" in response:
+        add_usage_extras(response["usage"], stats, chat)
+    if chat:
+        add_logprobs_refusal(response)
+    if prompt:
+        response["prompt"] = stats.prompt
 
 
 def _total_tokens(response: dict[str, Any]) -> float:

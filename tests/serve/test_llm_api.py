@@ -165,7 +165,7 @@ def test_unknown_model_is_404(client: OpenAI, http: httpx.Client):
         ({"model": MODEL, "messages": "hello"}, "messages"),
         ({"model": MODEL, "messages": QUESTION, "temperature": "warm"}, "temperature"),
         ({"model": MODEL, "messages": QUESTION, "max_tokens": 999999}, "max_tokens"),
-        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({"model": MODEL, "messages": QUESTION, "logprobs": True, "top_logprobs": 10**6}, None),
     ],
 )

@@ -144,8 +144,8 @@ def test_unknown_model_is_404_model_not_found():
         ({**CHAT, "max_tokens": -5}, "max_tokens"),
         ({**CHAT, "stream": "yes please"}, "stream"),
         ({**CHAT, "stop": [1, 2]}, "stop"),
-        ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
-        ({**CHAT, "messages": ["just text"]}, "messages.0"),
+        ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({**CHAT, "messages": ["just text"]}, "messages[0]"),
     ],
 )
 def test_invalid_bodies_are_400_with_param(body, param):

@@ -4,9 +4,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+from pydantic import ValidationError
+
 from deployments.common.contracts import ErrorFrame
 from deployments.common.errors import describe_validation_errors
 from deployments.llm.schema import drop_nulls
+from serve_app.protocol.openai import ChatCompletionRequest
 from serve_app.sse import DONE, error_event, event
 
 
@@ -46,14 +50,40 @@ def test_drop_nulls_keeps_openai_required_nullables():
     }
 
 
-def test_validation_errors_name_the_param():
-    errors = [
-        {"loc": ("body", "messages", 0, "role"), "msg": "Field required"},
-        {"loc": ("body", "n"), "msg": "too small"},
-    ]
-    message, param = describe_validation_errors(errors)
-    assert param == "messages.0.role"
-    assert "messages.0.role" in message and "1 more error" in message
+@pytest.mark.parametrize(
+    ("body", "message", "param"),
+    [
+        # unknown fields first, then missing ones, then values; OpenAI's wording
+        ({"n": 0, "foo": 1}, "Unrecognized request argument supplied: foo", "foo"),
+        (
+            {"n": 0, "messages": [{"role": "user"}]},
+            "Missing required parameter: 'messages[0].content'.",
+            "messages[0].content",
+        ),
+        (
+            {"temperature": True},
+            "Invalid type for 'temperature': expected a number, but got a boolean.",
+            "temperature",
+        ),
+        ({"stop": [1]}, "Invalid type for 'stop[0]': expected a string", "stop[0]"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "video"}]}]},
+            "Invalid value for 'messages[0].content[0].type': expected one of 'text'",
+            "messages[0].content[0].type",
+        ),
+        (
+            {"messages": [{"role": "wizard", "content": "x"}]},
+            "Invalid value for 'messages[0].role': expected one of 'system'",
+            "messages[0].role",
+        ),
+    ],
+)
+def test_validation_errors_name_the_param(body, message, param):
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate(request)
+    got, got_param = describe_validation_errors(info.value.errors())
+    assert got.startswith(message) and got_param == param
 
 
 def test_ingress_imports_no_ml_stack():

@@ -152,20 +152,22 @@ class VLLMEngine:
         self.engine.shutdown()
 
     async def _tapped_generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        """``AsyncLLM.generate``, reporting each finished sequence to the current request."""
+        """``AsyncLLM.generate``, reporting the prompt and each finished sequence to the
+        request being served."""
         stats = _stats.get()
         async for output in self._generate(*args, **kwargs):
-            if stats is not None and output.finished:
-                metrics = output.metrics
-                prompt = output.prompt
-                if prompt is None and output.prompt_token_ids:
-                    prompt = self.renderer.tokenizer.decode(output.prompt_token_ids)
-                stats.observe(
-                    prompt,
-                    sum(len(o.token_ids) for o in output.outputs),
-                    getattr(metrics, "scheduled_ts", 0.0),
-                    getattr(metrics, "last_token_ts", 0.0),
-                )
+            if stats is not None:
+                if stats.prompt is None:
+                    stats.prompt = output.prompt
+                    if stats.prompt is None and output.prompt_token_ids:
+                        stats.prompt = self.renderer.tokenizer.decode(output.prompt_token_ids)
+                if output.finished:
+                    metrics = output.metrics
+                    stats.observe(
+                        sum(len(o.token_ids) for o in output.outputs),
+                        getattr(metrics, "scheduled_ts", 0.0),
+                        getattr(metrics, "last_token_ts", 0.0),
+                    )
             yield output
 
     async def generate(

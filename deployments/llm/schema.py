@@ -47,12 +47,8 @@ class RequestStats:
     scheduled_ts: float | None = None
     last_token_ts: float | None = None
 
-    def observe(
-        self, prompt: str | None, generated: int, scheduled_ts: float, last_token_ts: float
-    ) -> None:
+    def observe(self, generated: int, scheduled_ts: float, last_token_ts: float) -> None:
         """Fold in one finished sequence's figures."""
-        if self.prompt is None:
-            self.prompt = prompt
         self.generated += generated
         if scheduled_ts and (self.scheduled_ts is None or scheduled_ts < self.scheduled_ts):
             self.scheduled_ts = scheduled_ts

@@ -4,6 +4,7 @@ import concurrent.futures
 import json
 import os
 import signal
+import threading
 import time
 
 import httpx
@@ -54,7 +55,10 @@ def chat_ok(http: httpx.Client) -> bool:
     return http.post("/v1/chat/completions", json=body, timeout=30).status_code == 200
 
 
-def stream_events(http: httpx.Client, max_tokens: int) -> tuple[int, list[str], float]:
+def stream_events(
+    http: httpx.Client, max_tokens: int, started: threading.Event | None = None
+) -> tuple[int, list[str], float]:
+    """Status, SSE payloads and end time of one stream; ``started`` is set at its first event."""
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Tell me a long story."}],
@@ -63,8 +67,13 @@ def stream_events(http: httpx.Client, max_tokens: int) -> tuple[int, list[str], 
         "temperature": 0,
         "stream": True,
     }
-    response = http.post("/v1/chat/completions", json=body, timeout=120)
-    events = [e.removeprefix("data: ") for e in response.text.split("\n\n") if e]
+    events = []
+    with http.stream("POST", "/v1/chat/completions", json=body, timeout=120) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(line.removeprefix("data: "))
+                if started is not None:
+                    started.set()
     return response.status_code, events, time.monotonic()
 
 
@@ -72,7 +81,8 @@ def test_llm_replica_killed_under_load_recovers(http: httpx.Client):
     (pid,) = replica_pids(LLM_DEPLOYMENT)
     llm = serve.get_deployment_handle(LLM_DEPLOYMENT, app_name="openai")
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        streams = [pool.submit(stream_events, http, 600) for _ in range(3)]
+        started = [threading.Event() for _ in range(3)]
+        streams = [pool.submit(stream_events, http, 600, event) for event in started]
         unary = pool.submit(
             http.post,
             "/v1/chat/completions",
@@ -83,6 +93,7 @@ def test_llm_replica_killed_under_load_recovers(http: httpx.Client):
             },  # fmt: skip
         )
         wait_until(lambda: llm.num_unfinished_requests.remote().result() >= 4, 30, "load")
+        wait_until(lambda: all(e.is_set() for e in started), 30, "the streams' first events")
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
         for future in streams:

@@ -16,6 +16,7 @@ likely of them. vLLM applies these before its own penalties, temperature and top
 
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
+MAX_BREAKER_TABLES = 16
 DRY_DEFAULT_BREAKERS = ("\n", ":", '"', "*")
 _MAX_BREAKER_CHARS = 40  # llama.cpp truncates breaker strings and their token tails
 _MAX_BREAKER_TAIL = 20
@@ -126,7 +128,12 @@ class DRY(_SparseProcessor):
         super().__init__(vllm_config, device, is_pin_memory)
         self.model_config = vllm_config.model_config
         self.context = vllm_config.model_config.max_model_len
-        self.tables: dict[tuple[str, ...], dict[int, list[tuple[int, ...]]]] = {}
+        self.vocabulary: tuple[Any, tuple[str, ...]] | None = None
+        # breaker table per breaker list; bounded, since requests choose the lists
+        self.tables: OrderedDict[tuple[str, ...], dict[int, list[tuple[int, ...]]]] = OrderedDict()
+        if getattr(self.model_config, "tokenizer", None):
+            # ~0.3 s here rather than inside the first DRY request's engine step
+            self.breaker_map(DRY_DEFAULT_BREAKERS)
 
     @classmethod
     def validate_params(cls, params: SamplingParams) -> None:
@@ -160,10 +167,16 @@ class DRY(_SparseProcessor):
         )
 
     def breaker_map(self, breakers: tuple[str, ...]) -> dict[int, list[tuple[int, ...]]]:
-        """The breaker table for ``breakers``, built once per engine (it scans the vocabulary)."""
-        if breakers not in self.tables:
-            self.tables[breakers] = breaker_map(*_vocabulary(self.model_config), breakers)
-        return self.tables[breakers]
+        """The breaker table for ``breakers`` (building one scans the vocabulary)."""
+        if breakers in self.tables:
+            self.tables.move_to_end(breakers)
+            return self.tables[breakers]
+        if self.vocabulary is None:
+            self.vocabulary = _vocabulary(self.model_config)
+        table = self.tables[breakers] = breaker_map(*self.vocabulary, breakers)
+        if len(self.tables) > MAX_BREAKER_TABLES:
+            self.tables.popitem(last=False)
+        return table
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         for index, state in self.states.items():
@@ -295,16 +308,24 @@ class XTC(_SparseProcessor):
 
 
 def xtc(row: torch.Tensor, state: _XTCState) -> None:
-    """Apply XTC to one request's logits in place (candidates: after its top-k and min-p)."""
-    values, order = torch.sort(row, descending=True)
-    finite = int(torch.isfinite(values).sum())
-    count = min(finite, state.top_k) if state.top_k else finite
-    if state.min_p > 0 and count > 1:
-        floor = values[0] + math.log(state.min_p)
-        count = max(1, int((values[:count] >= floor).sum()))
+    """Apply XTC to one request's logits in place (candidates: after its top-k and min-p).
+
+    No sort of the vocabulary: a top-k (when set), a min-p mask and one softmax.
+    """
+    if state.top_k and state.top_k < row.numel():
+        values, index = torch.topk(row, state.top_k)
+    else:
+        values, index = row, None
+    candidates = torch.isfinite(values)
+    if state.min_p > 0:
+        candidates &= values >= values.max() + math.log(state.min_p)
+    count = int(candidates.sum())
     if count < 2 or state.rng.random() > state.probability:
         return
-    probs = torch.softmax(values[:count], dim=0)
-    above = int((probs >= state.threshold).sum())  # sorted: the first `above` are the top choices
-    if above >= 2 and count - (above - 1) >= state.min_keep:
-        row[order[: above - 1]] = float("-inf")
+    probs = torch.softmax(values.masked_fill(~candidates, float("-inf")), dim=0)
+    top = torch.nonzero(probs >= state.threshold).flatten()  # the top choices
+    if top.numel() < 2 or count - (top.numel() - 1) < state.min_keep:
+        return
+    keep = top[torch.argmin(probs[top])]  # the least likely top choice stays
+    drop = top[top != keep]
+    row[drop if index is None else index[drop]] = float("-inf")

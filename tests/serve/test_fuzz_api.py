@@ -147,8 +147,7 @@ def test_malformed_request_never_5xx(base_url, method, path, body, headers):
     with httpx.Client(base_url=base_url, timeout=30) as client:
         request = client.build_request(method, path, content=body, headers=encode_headers(headers))
         response = client.send(request)
-    # Some odd-but-valid inputs (a user message without content, say) are served as vLLM
-    # serves them; the promise is no 5xx, an envelope for every error, and no internals.
+    # The promise: no 5xx, an envelope for every error, and no internals.
     assert response.status_code < 500, (response.status_code, response.text[:300])
     if response.status_code >= 400:
         validate(response.json(), "ErrorResponse")

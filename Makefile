@@ -32,9 +32,11 @@ models: venv
 	@echo "==> [setup 3/3] models in $(SERVE_APP_MODELS_DIR)"
 	$(PY) -m serve_app.models prepare --dir "$(SERVE_APP_MODELS_DIR)"
 
+CONFIG ?= serve_config.yaml
+
 serve: setup
-	@echo "==> serve run serve_config.yaml  (API on http://127.0.0.1:8000, Ctrl-C stops)"
-	$(VENV)/bin/serve run serve_config.yaml
+	@echo "==> serve run $(CONFIG)  (API on http://127.0.0.1:8000, Ctrl-C stops)"
+	$(VENV)/bin/serve run $(CONFIG)
 
 test: setup
 	$(PY) -m pytest tests/unit tests/gpu tests/serve

@@ -44,12 +44,12 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(deadline_s: float = 600) -> Iterator[Server]:
-    http = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["http_options"]
+def running_server(deadline_s: float = 600, config: str = "serve_config.yaml") -> Iterator[Server]:
+    http = yaml.safe_load((ROOT / config).read_text())["http_options"]
     url = f"http://{http['host']}:{http['port']}"
     started = time.monotonic()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "serve"), "run", "serve_config.yaml"],
+        [str(Path(sys.executable).parent / "serve"), "run", config],
         cwd=ROOT,
         env={**os.environ, "SERVE_APP_API_KEYS": ""},
         stdout=subprocess.DEVNULL,

@@ -5,38 +5,32 @@ against ``AppConfig`` first, so a bad config fails the deploy with pydantic's me
 """
 
 import time
-from pathlib import Path
 
 from ray import serve
 from ray.serve import Application
 
 from deployments.audio.deployment import AudioPreprocessor
-from deployments.llm.deployment import LLMDeployment
-from deployments.whisper.deployment import WhisperDeployment
-from serve_app.config import AppConfig, deployment_name
+from serve_app.config import AppConfig
+from serve_app.families import FAMILIES
 from serve_app.ingress import Ingress
 from serve_app.models import default_models_dir
 from serve_app.ratelimit import RateLimiter
 
-BACKENDS = {"llm": LLMDeployment, "whisper": WhisperDeployment}
-
 
 def build_app(args: AppConfig) -> Application:
-    """Bind one deployment per configured model, the audio pool, the rate limiter, and the
-    ingress in front of them."""
+    """Bind each family's deployments for its configured models, the audio pool, the rate
+    limiter, and the ingress in front of them."""
     handles = {}
-    for model in args.models:
-        source = args.resolve_source(model.source, default_models_dir())
-        if not Path(source).is_dir():
-            raise ValueError(
-                f"model {model.id!r}: source {source} is not a directory; "
-                "prepare the models first (`make setup` or `python -m serve_app.models prepare`)"
+    for name, family in FAMILIES.items():
+        models = [m for m in args.models if m.family == name]
+        if models:
+            handles.update(
+                family.bind_models(
+                    models, lambda source: args.resolve_source(source, default_models_dir())
+                )
             )
-        options = model.deployment.to_serve_options(deployment_name(model.id, model.family))
-        deployment = serve.deployment(BACKENDS[model.family]).options(**options)
-        handles[model.id] = deployment.bind(model.id, source, model.engine.model_dump())
     preprocessor = None
-    if args.stt_models:
+    if args.models_that("transcriptions"):
         options = args.audio.deployment.to_serve_options("audio-preprocessor")
         preprocessor = (
             serve.deployment(AudioPreprocessor).options(**options).bind(args.audio.max_duration_s)

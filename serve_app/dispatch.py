@@ -24,6 +24,7 @@ from serve_app.sse import sse_stream
 logger = logging.getLogger(LOGGER)
 
 UsageCallback = Callable[[float], None] | None
+FinishCallback = Callable[[int], None] | None
 
 
 def _cancel(stream: Any) -> None:
@@ -33,7 +34,9 @@ def _cancel(stream: Any) -> None:
             stream.cancel()
 
 
-async def _rest(stream: Any, on_usage: UsageCallback) -> AsyncIterator[Frame]:
+async def _rest(
+    stream: Any, on_usage: UsageCallback, on_finish: FinishCallback
+) -> AsyncIterator[Frame]:
     """The rest of a backend stream, usage taken out; cancel the call if we stop early."""
     try:
         async for frame in stream:
@@ -44,6 +47,8 @@ async def _rest(stream: Any, on_usage: UsageCallback) -> AsyncIterator[Frame]:
                 yield frame
     finally:
         _cancel(stream)
+        if on_finish:
+            on_finish(200)
 
 
 async def open_call(
@@ -101,12 +106,28 @@ async def frames_to_response(
     timeout_s: float,
     retry_after_s: int,
     on_usage: UsageCallback = None,
+    on_finish: FinishCallback = None,
 ) -> Response:
     """Make a streaming handle call and answer with its frames (see ``open_call``).
 
     Errors the backend reports become envelopes with their status; a JSON or text frame is
-    the whole body; a chunk starts an SSE stream of the rest.
+    the whole body; a chunk starts an SSE stream of the rest. ``on_finish(status)`` is called
+    once the answer is complete (for a stream: after its last event).
     """
+    response = await _respond(call, request_id, timeout_s, retry_after_s, on_usage, on_finish)
+    if on_finish and not isinstance(response, StreamingResponse):
+        on_finish(response.status_code)
+    return response
+
+
+async def _respond(
+    call: Callable[[], Any],
+    request_id: str,
+    timeout_s: float,
+    retry_after_s: int,
+    on_usage: UsageCallback,
+    on_finish: FinishCallback,
+) -> Response:
     try:
         stream, first = await open_call(call, request_id, timeout_s, retry_after_s)
     except APIError as exc:
@@ -123,7 +144,7 @@ async def frames_to_response(
         return PlainTextResponse(first.text, media_type=first.media_type)
     if isinstance(first, ChunkFrame):
         return StreamingResponse(
-            sse_stream(first, _rest(stream, on_usage), request_id),
+            sse_stream(first, _rest(stream, on_usage, on_finish), request_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

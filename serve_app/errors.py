@@ -1,7 +1,6 @@
 """The one error envelope and the one exception -> HTTP status mapping of the ingress."""
 
 import logging
-import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,20 +31,10 @@ class APIError(Exception):
         self.headers = headers
 
 
-def request_id_of(request: Request) -> str:
-    """The request id Serve's proxy assigned (or the client sent as ``x-request-id``).
-
-    Serve's proxy sets the header on every request and echoes it on every response; outside
-    Serve (unit tests) a fresh id is made once per request.
-    """
-    request_id = request.headers.get("x-request-id") or getattr(request.state, "request_id", "")
-    if not request_id:
-        request_id = request.state.request_id = uuid.uuid4().hex
-    return request_id
-
-
 def error_response(frame: ErrorFrame, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(frame.envelope(), status_code=frame.status, headers=headers)
+    return JSONResponse(
+        frame.envelope(), status_code=frame.status, headers=headers or frame.headers
+    )
 
 
 def server_error(request_id: str, status: int = 500, message: str | None = None) -> JSONResponse:
@@ -86,6 +75,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        from serve_app.pipeline import request_id_of  # noqa: PLC0415 - the pipeline imports us
+
         request_id = request_id_of(request)
         logger.exception("unhandled error [request_id=%s]", request_id)
         return server_error(request_id)

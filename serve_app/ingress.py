@@ -36,6 +36,7 @@ def create_app(
     app.state.settings = settings
     app.state.keys = keys
     app.state.rate_limits = rate_limits
+    app.state.observers = [rate_limits]  # told about every finished request
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=registry.config.limits.max_body_bytes)
     if registry.config.cors_allow_origins:

@@ -108,12 +108,11 @@ class RateLimits:
                 headers={"Retry-After": str(seconds)},
             )
 
-    def recorder(self, key: APIKey | None, kind: str):
-        """A callback recording a response's usage against ``key`` (None if unlimited)."""
-        if key is None or self.handle is None or getattr(key.limits, KINDS[kind]) is None:
-            return None
-
-        def record(amount: float) -> None:
-            self.handle.record.remote(key.name, kind, amount)
-
-        return record
+    def finished(self, record: Any) -> None:
+        """Pipeline observer: charge a finished request's usage to its key's budgets."""
+        key = record.key
+        if key is None or self.handle is None:
+            return
+        for kind, amount in record.usage.items():
+            if getattr(key.limits, KINDS[kind]) is not None:
+                self.handle.record.remote(key.name, kind, amount)

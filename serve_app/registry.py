@@ -1,22 +1,25 @@
-"""Model ids and aliases -> configured models and their DeploymentHandles."""
+"""Model ids and aliases -> configured models, their families and their DeploymentHandles."""
 
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app.config import AppConfig, LLMModelConfig, WhisperModelConfig
+from serve_app.config import AppConfig
 from serve_app.errors import APIError
-
-FAMILY_NAMES = {"llm": "a language model", "whisper": "a speech-to-text model"}
+from serve_app.families import Capability, Family, family_of
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    config: LLMModelConfig | WhisperModelConfig
+    config: Any  # the family's config model
     handle: Any  # DeploymentHandle; Any keeps fakes usable in unit tests
 
     @property
     def id(self) -> str:
         return self.config.id
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.config)
 
     def card(self, created: int) -> dict[str, Any]:
         """The OpenAI ``model`` object, plus ``type`` and ``context_length``."""
@@ -25,7 +28,7 @@ class ServedModel:
             "object": "model",
             "created": created,
             "owned_by": self.config.owned_by,
-            "type": self.config.type,
+            "type": self.family.model_type,
             "context_length": self.config.context_length,
         }
 
@@ -42,20 +45,21 @@ class ModelRegistry:
         for model in self.models:
             for name in (model.id, *model.config.aliases):
                 self._by_name[name] = model
-        stt = config.audio.default_model or next((m.id for m in config.stt_models), None)
+        stt = config.audio.default_model or next(
+            (m.id for m in config.models_that("transcriptions")), None
+        )
         self.default_stt = self._by_name[stt] if stt else None
 
-    def get(self, name: str, family: str, route: str) -> ServedModel:
-        """The model for an id or alias, checked to be of ``family`` for ``route``.
+    def get(self, name: str, capability: Capability, route: str) -> ServedModel:
+        """The model for an id or alias, checked to serve ``capability`` (the route's).
 
-        404 ``model_not_found`` for an unknown name; 400 for a model of another family.
+        404 ``model_not_found`` for an unknown name; 400 for a model that cannot do it.
         """
         model = self.lookup(name)
-        if model.config.family != family:
+        if capability not in model.family.capabilities:
             raise APIError(
                 400,
-                f"The model '{name}' is {FAMILY_NAMES[model.config.family]} and cannot be "
-                f"used with {route}.",
+                f"The model '{name}' is {model.family.noun} and cannot be used with {route}.",
                 param="model",
                 code="model_not_supported",
             )

@@ -29,6 +29,7 @@ class ErrorFrame:
     type: str = ""
     param: str | None = None
     code: str | None = None
+    headers: dict[str, str] | None = None  # e.g. Retry-After
 
     def __post_init__(self) -> None:
         if not self.type:

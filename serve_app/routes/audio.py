@@ -15,8 +15,8 @@ from starlette.datastructures import UploadFile
 from deployments.common.errors import describe_validation_errors
 from serve_app.auth import APIKey, require
 from serve_app.errors import APIError
+from serve_app.pipeline import admit, registry, run_backend
 from serve_app.protocol.audio import AudioParams
-from serve_app.routes.deps import admit, registry, run_backend
 from serve_app.uploads import read_form, too_large
 
 router = APIRouter()
@@ -45,12 +45,13 @@ async def _speech(task: str, request: Request, key: APIKey | None) -> Response:
         message, param = describe_validation_errors(exc.errors(include_url=False))
         raise APIError(400, message, param=param) from None
     if params.model is not None:
-        model = models.get(params.model, "whisper", route)
+        capability = "transcriptions" if task == "transcribe" else "translations"
+        model = models.get(params.model, capability, route)
     elif models.default_stt is not None:
         model = models.default_stt
     else:
         raise APIError(400, "No speech-to-text model is configured.", param="model")
-    await admit(request, model, key, "audio")
+    record = await admit(request, model, key)
     data = await upload.read()
     if len(data) > limits.max_upload_bytes:
         raise too_large(limits.max_upload_bytes, len(data))
@@ -60,7 +61,7 @@ async def _speech(task: str, request: Request, key: APIKey | None) -> Response:
         decoded = models.preprocessor.decode.remote(data)
         return model.handle.options(stream=True).transcribe.remote(decoded, payload)
 
-    return await run_backend(request, model, key, "audio", params.stream, call)
+    return await run_backend(request, model, record, params.stream, call)
 
 
 @router.post("/v1/audio/transcriptions")

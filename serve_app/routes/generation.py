@@ -1,8 +1,8 @@
 """``POST /v1/chat/completions`` and ``POST /v1/completions``: parse, check, route, dispatch.
 
-The body is validated strictly (``protocol/openai.py``), then against what the chosen model
-can do (reasoning, tools), ``input_audio`` parts are transcribed, and the model's
-``sampling_defaults`` fill the samplers the request left unset.
+The body is validated strictly (``protocol/openai.py``), then by the model's family against
+what the model is configured for; ``input_audio`` parts are transcribed (for families that
+want text), and the family turns the request into its deployment's body.
 """
 
 from typing import Annotated
@@ -12,42 +12,10 @@ from fastapi.responses import Response
 
 from serve_app.audio_parts import transcribe_parts
 from serve_app.auth import APIKey, require
-from serve_app.errors import APIError
+from serve_app.pipeline import admit, registry, run_backend
 from serve_app.protocol.openai import ChatCompletionRequest, CompletionRequest, GenerationRequest
-from serve_app.registry import ServedModel
-from serve_app.routes.deps import admit, registry, request_id, run_backend
 
 router = APIRouter()
-
-
-def check_capabilities(body: GenerationRequest, model: ServedModel) -> None:
-    """400 when the request asks for what this model is not configured to do."""
-    if not isinstance(body, ChatCompletionRequest):
-        return
-    engine = model.config.engine
-    if body.thinking() and not engine.reasoning_parser:
-        param = "enable_thinking" if body.enable_thinking is not None else "reasoning_effort"
-        raise APIError(
-            400,
-            f"The model '{body.model}' does not support reasoning (no reasoning parser is "
-            "configured for it).",
-            param=param,
-        )
-    if body.uses_tools():
-        if not engine.tool_call_parser:
-            raise APIError(
-                400,
-                f"The model '{body.model}' does not support tool calls (no tool parser is "
-                "configured for it).",
-                param="tools",
-            )
-        if body.tool_choice in (None, "auto") and not engine.enable_auto_tool_choice:
-            raise APIError(
-                400,
-                f"The model '{body.model}' does not support tool_choice 'auto'; use "
-                "'required' or name a function.",
-                param="tool_choice",
-            )
 
 
 async def _generate(
@@ -55,19 +23,19 @@ async def _generate(
 ) -> Response:
     body.check()
     models = registry(request)
-    model = models.get(body.model, "llm", request.url.path)
-    check_capabilities(body, model)
-    await admit(request, model, key, "tokens")
-    rid = request_id(request)
-    if isinstance(body, ChatCompletionRequest):
-        on_audio = request.app.state.rate_limits.recorder(key, "audio")
-        await transcribe_parts(models, model, body.messages, rid, on_audio)
-    payload = body.to_backend(model.config.sampling_defaults)
+    model = models.get(body.model, endpoint, request.url.path)
+    family = model.family
+    family.check(body, model.config)
+    record = await admit(request, model, key)
+    rid = record.request_id
+    if family.transcribes_audio_parts and isinstance(body, ChatCompletionRequest):
+        await transcribe_parts(models, model, body.messages, rid, record.add_usage)
+    payload = family.backend_body(body, model.config)
 
     def call():
         return model.handle.options(stream=True).generate.remote(endpoint, payload, rid)
 
-    return await run_backend(request, model, key, "tokens", bool(body.stream), call)
+    return await run_backend(request, model, record, bool(body.stream), call)
 
 
 @router.post("/v1/chat/completions")

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from serve_app.log import LOGGER
+from serve_app.pipeline import registry
 from serve_app.registry import ModelRegistry, ServedModel
-from serve_app.routes.deps import registry
 
 logger = logging.getLogger(LOGGER)
 router = APIRouter()
@@ -33,7 +33,7 @@ async def health(
     body = {
         "status": "ok" if all(states) else "unavailable",
         "models": {
-            m.id: {"type": m.config.type, "ready": ok}
+            m.id: {"type": m.family.model_type, "ready": ok}
             for m, ok in zip(models.models, states, strict=True)
         },
     }

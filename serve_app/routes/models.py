@@ -5,8 +5,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from serve_app.auth import APIKey, authorize_model, require
+from serve_app.pipeline import registry
 from serve_app.registry import ModelRegistry
-from serve_app.routes.deps import registry
 
 router = APIRouter()
 

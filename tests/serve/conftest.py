@@ -1,4 +1,5 @@
-"""One real Ray cluster + Serve app per session: the shipped serve_config.yaml, real models.
+"""One real Ray cluster + Serve app per session: the shipped examples/loopback-gateway.yaml
+(serve_config.yaml plus an upstream model served by the app itself), real models.
 
 The app runs with API keys set, so the same session also proves the 401 paths.
 """
@@ -36,23 +37,33 @@ keys:
   - name: few-tokens
     secret: few-tokens-secret
     limits: {{tokens_per_minute: 30}}
+  - name: gateway-tokens
+    secret: gateway-tokens-secret
+    limits: {{tokens_per_minute: 30}}
 """
 # What the session's app changes from the shipped config, so that limits are reachable:
 # two ingress replicas (rate limits must hold across them), small LLM queues, a short
-# request timeout.
+# request timeout, and room to drain (ingress and LLM): on 2 cores the replacement replicas'
+# start-up slows the draining ones' streams past the default 20 s.
 TEST_OVERRIDES = {
-    "ingress": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}},
-    "llm": {"max_ongoing_requests": 8, "max_queued_requests": 8},
+    "ingress": {
+        "autoscaling_config": {"min_replicas": 2, "max_replicas": 2},
+        "graceful_shutdown_timeout_s": 60,
+    },
+    "llm": {"max_ongoing_requests": 8, "max_queued_requests": 8, "graceful_shutdown_timeout_s": 60},
     "limits": {"request_timeout_s": 20},
 }
 
 
-def session_args(args: dict) -> dict:
-    """The shipped config's args with ``TEST_OVERRIDES`` applied."""
+def session_args(args: dict, port: int | None = None) -> dict:
+    """The shipped config's args with ``TEST_OVERRIDES`` applied (and the loopback upstream
+    pointed at the session's ``port``)."""
     args["ingress"].update(TEST_OVERRIDES["ingress"])
     for model in args["models"]:
         if model["family"] == "llm":
             model["deployment"].update(TEST_OVERRIDES["llm"])
+        if model["family"] == "upstream" and port is not None:
+            model["base_url"] = f"http://127.0.0.1:{port}/v1"
     args.setdefault("limits", {}).update(TEST_OVERRIDES["limits"])
     return args
 
@@ -71,6 +82,7 @@ def base_url() -> Iterator[str]:
     keys_file = Path(tempfile.mkdtemp()) / "keys.yaml"
     keys_file.write_text(KEYS_FILE)
     os.environ["SERVE_APP_KEYS_FILE"] = str(keys_file)
+    os.environ["LOOPBACK_API_KEY"] = API_KEY  # the upstream deployment calls the app with it
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
@@ -82,9 +94,10 @@ def base_url() -> Iterator[str]:
     from serve_app.app import build_app
     from serve_app.config import AppConfig
 
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    port = free_port()
+    config = yaml.safe_load((ROOT / "examples/loopback-gateway.yaml").read_text())
     (app_config,) = config["applications"]
-    args = AppConfig.model_validate(session_args(app_config["args"]))
+    args = AppConfig.model_validate(session_args(app_config["args"], port))
 
     temp_dir = Path(tempfile.gettempdir()) / f"ray-openai-serve-{os.getuid()}"
     ray.init(
@@ -94,7 +107,6 @@ def base_url() -> Iterator[str]:
         _temp_dir=str(temp_dir),
         logging_level="WARNING",
     )
-    port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name="openai", route_prefix="/", blocking=False)

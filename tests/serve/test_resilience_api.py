@@ -140,13 +140,13 @@ def test_whisper_replica_killed_mid_request_recovers(http: httpx.Client):
     wait_until(transcribed, 120, "a replacement Whisper replica")
 
 
-def test_redeploy_lets_in_flight_streams_finish(http: httpx.Client):
+def test_redeploy_lets_in_flight_streams_finish(http: httpx.Client, base_url: str):
     from serve_app.app import build_app
     from serve_app.config import AppConfig
 
     (old_pid,) = replica_pids(LLM_DEPLOYMENT)
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    args = session_args(config["applications"][0]["args"])
+    config = yaml.safe_load((ROOT / "examples/loopback-gateway.yaml").read_text())
+    args = session_args(config["applications"][0]["args"], int(base_url.rsplit(":", 1)[1]))
     llm = next(m for m in args["models"] if m["family"] == "llm")
     llm["deployment"]["num_cpus"] = 0.9  # a change that replaces the replicas
     handle = serve.get_deployment_handle(LLM_DEPLOYMENT, app_name="openai")

@@ -6,7 +6,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from serve_app.config import AppConfig, deployment_name
+from serve_app.config import AppConfig
+from serve_app.options import deployment_name
 
 ROOT = Path(__file__).resolve().parents[2]
 

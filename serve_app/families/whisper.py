@@ -1,0 +1,47 @@
+"""The ``whisper`` family: speech to text on faster-whisper, one deployment per model."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from serve_app.families.base import Family, register
+from serve_app.options import DeploymentOptions, LocalModelBase, StrictModel
+
+
+class WhisperEngineOptions(StrictModel):
+    """faster-whisper options."""
+
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where the model runs.")
+    compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16...).")
+    beam_size: int = Field(5, ge=1, le=16, description="Beam width for decoding.")
+    vad_filter: bool = Field(False, description="Skip non-speech with Silero VAD.")
+    cpu_threads: int = Field(0, ge=0, description="CTranslate2 CPU threads (0: its default).")
+    num_workers: int = Field(1, ge=1, description="Transcriptions one replica runs at once.")
+
+
+class WhisperModelConfig(LocalModelBase):
+    """One speech-to-text model served by its own faster-whisper deployment (CTranslate2)."""
+
+    family: Literal["whisper"]
+    engine: WhisperEngineOptions = Field(default_factory=WhisperEngineOptions)
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=4, max_queued_requests=32),
+        description="Placement and scaling of this model's replicas.",
+    )
+
+    @property
+    def context_length(self) -> int | None:
+        return None
+
+
+FAMILY = register(
+    Family(
+        name="whisper",
+        config=WhisperModelConfig,
+        deployment="deployments.whisper.deployment:WhisperDeployment",
+        capabilities=frozenset({"transcriptions", "translations"}),
+        usage="audio",
+        model_type="stt",
+        noun="a speech-to-text model",
+    )
+)

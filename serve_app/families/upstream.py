@@ -48,9 +48,10 @@ class UpstreamModelConfig(ModelBase):
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(
-            num_cpus=0.1, max_ongoing_requests=256, max_queued_requests=512
+            num_cpus=0, max_ongoing_requests=256, max_queued_requests=512
         ),
-        description="Placement and scaling of the provider's deployment (CPU only).",
+        description="Placement and scaling of the provider's deployment (I/O only: no CPU "
+        "reserved, never a GPU).",
     )
 
     @property

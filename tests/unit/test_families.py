@@ -141,3 +141,19 @@ def test_loopback_example_is_the_default_plus_one_upstream_model():
     assert [m["id"] for m in extra] == ["gpt-4o-mini"]
     loopback["models"] = [m for m in loopback["models"] if m not in extra]
     assert loopback == default
+
+
+@pytest.mark.parametrize("path", ["serve_config.yaml", "examples/loopback-gateway.yaml"])
+def test_laptop_configs_fit_two_cpus(path):
+    """`make serve` starts a 2-CPU Ray: every replica must be schedulable at once."""
+    (app,) = yaml.safe_load((ROOT / path).read_text())["applications"]
+    args = AppConfig.model_validate(app["args"])
+    deployments = {"ingress": args.ingress, "audio": args.audio.deployment}
+    deployments["rate-limiter"] = args.rate_limiter
+    for model in args.models:
+        name = getattr(model, "provider_name", model.id)  # one deployment per provider
+        deployments[name] = model.deployment
+    reserved = sum(
+        d.num_cpus * max(d.autoscaling_config.min_replicas, 1) for d in deployments.values()
+    )
+    assert reserved <= 2, deployments

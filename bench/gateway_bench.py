@@ -12,36 +12,10 @@ the upstream deployment and a second pass through the ingress. Figures, not asse
 import argparse
 import statistics
 import sys
-import time
 
 from openai import OpenAI
 
-from bench.server import running_server
-
-PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
-
-
-def stream_once(client: OpenAI, model: str, max_tokens: int) -> tuple[float, float]:
-    """(TTFT seconds, decode tokens/s) of one streamed chat completion."""
-    start = time.perf_counter()
-    first = None
-    stream = client.chat.completions.create(
-        model=model,
-        messages=PROMPT,
-        temperature=0,
-        max_tokens=max_tokens,
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},
-    )
-    tokens = 0
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content and first is None:
-            first = time.perf_counter() - start
-        if chunk.usage:
-            tokens = chunk.usage.completion_tokens
-    total = time.perf_counter() - start
-    return first, (tokens - 1) / (total - first)
+from bench.server import running_server, stream_once
 
 
 def main() -> int:
@@ -54,10 +28,12 @@ def main() -> int:
         results = {}
         runs: dict[str, list] = {"smollm2-135m-instruct": [], "gpt-4o-mini": []}
         for model in runs:
-            stream_once(client, model, 8)  # warm-up
+            stream_once(client, model, 8, {"ignore_eos": True})  # warm-up
         for _ in range(args.runs):  # interleaved, so drift hits both alike
             for model in runs:
-                runs[model].append(stream_once(client, model, args.max_tokens))
+                runs[model].append(
+                    stream_once(client, model, args.max_tokens, {"ignore_eos": True})
+                )
         for model, figures in runs.items():
             results[model] = tuple(statistics.median(r[i] for r in figures) for i in (0, 1))
     (local_ttft, local_rate), (up_ttft, up_rate) = results.values()

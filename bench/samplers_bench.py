@@ -19,10 +19,9 @@ import sys
 import time
 import timeit
 
-from bench.server import ROOT, engine_options
+from bench.server import ROOT, STORY, engine_options
 
 MODEL = "smollm2-135m-instruct"
-PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 SAMPLERS = {
     "none": {},
     "repeat_penalty": {"repeat_penalty": 1.3, "repeat_last_n": 64},
@@ -40,7 +39,7 @@ def validation_cost(rounds: int = 2000) -> dict[str, float]:
     """Microseconds per request of the ingress's parse + check + vLLM body."""
     from serve_app.protocol.openai import ChatCompletionRequest
 
-    small = {"model": MODEL, "messages": PROMPT, "temperature": 0.7, "max_tokens": 64}
+    small = {"model": MODEL, "messages": STORY, "temperature": 0.7, "max_tokens": 64}
     chatty = {
         **small,
         "messages": [
@@ -66,7 +65,7 @@ def validation_cost(rounds: int = 2000) -> dict[str, float]:
 async def one(engine, xargs_body: dict, max_tokens: int, tag: str) -> tuple[int, float]:
     """(tokens, decode seconds) of one streamed request: the first token is not counted."""
     body = {
-        "messages": PROMPT,
+        "messages": STORY,
         "temperature": 0,
         "max_tokens": max_tokens,
         "ignore_eos": True,
@@ -100,7 +99,7 @@ def vllm_body(fields: dict) -> dict:
     from serve_app.protocol.openai import ChatCompletionRequest
 
     return ChatCompletionRequest.model_validate(
-        {"model": MODEL, "messages": PROMPT, **fields}
+        {"model": MODEL, "messages": STORY, **fields}
     ).sampling_payload(None)
 
 

@@ -18,32 +18,9 @@ import time
 
 from openai import OpenAI
 
-from bench.server import ROOT, engine_options, running_server
+from bench.server import ROOT, STORY, engine_options, running_server, stream_once
 
 MODEL = "smollm2-135m-instruct"
-PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
-
-
-def api_stream(client: OpenAI, max_tokens: int) -> tuple[float, float]:
-    """(TTFT seconds, decode tokens/s) of one streamed chat completion."""
-    start = time.perf_counter()
-    first = None
-    tokens = 0
-    stream = client.chat.completions.create(
-        model=MODEL,
-        messages=PROMPT,
-        temperature=0,
-        max_tokens=max_tokens,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content and first is None:
-            first = time.perf_counter() - start
-        if chunk.usage:
-            tokens = chunk.usage.completion_tokens
-    total = time.perf_counter() - start
-    return first, (tokens - 1) / (total - first)
 
 
 async def engine_streams(runs: int, max_tokens: int) -> list[tuple[float, float]]:
@@ -51,7 +28,7 @@ async def engine_streams(runs: int, max_tokens: int) -> list[tuple[float, float]
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as Ray sets it for a 1-CPU replica
     engine = VLLMEngine(MODEL, str(ROOT / "models" / MODEL), engine_options(MODEL))
-    body = {"messages": PROMPT, "temperature": 0, "max_tokens": max_tokens, "stream": True}
+    body = {"messages": STORY, "temperature": 0, "max_tokens": max_tokens, "stream": True}
     results = []
     try:
         for i in range(runs + 1):
@@ -78,8 +55,8 @@ def main() -> int:
     with running_server() as server:
         print(f"serve run -> first 200 on /health: {server.ready_s:.1f} s")
         client = OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
-        api_stream(client, 8)  # warm-up
-        api = [api_stream(client, args.max_tokens) for _ in range(args.runs)]
+        stream_once(client, MODEL, 8)  # warm-up
+        api = [stream_once(client, MODEL, args.max_tokens) for _ in range(args.runs)]
         memory = server.memory_mib()
         print(f"memory of the whole app (PSS: Ray + all replicas): {memory:.0f} MiB")
     direct = asyncio.run(engine_streams(args.runs, args.max_tokens))

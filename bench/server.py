@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 import yaml
+from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,34 @@ def engine_options(model_id: str) -> dict:
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     args = AppConfig.model_validate(config["applications"][0]["args"])
     return next(m for m in args.models if m.id == model_id).engine.model_dump()
+
+
+STORY = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
+
+
+def stream_once(
+    client: OpenAI, model: str, max_tokens: int, extra_body: dict | None = None
+) -> tuple[float, float]:
+    """(TTFT seconds, decode tokens/s) of one streamed chat completion at temperature 0."""
+    start = time.perf_counter()
+    first = None
+    tokens = 0
+    stream = client.chat.completions.create(
+        model=model,
+        messages=STORY,
+        temperature=0,
+        max_tokens=max_tokens,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body=extra_body,
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content and first is None:
+            first = time.perf_counter() - start
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    total = time.perf_counter() - start
+    return first, (tokens - 1) / (total - first)
 
 
 @dataclass

@@ -157,7 +157,7 @@ class VLLMEngine:
         stats = _stats.get()
         async for output in self._generate(*args, **kwargs):
             if stats is not None:
-                if stats.prompt is None:
+                if stats.want_prompt and stats.prompt is None:
                     stats.prompt = output.prompt
                     if stats.prompt is None and output.prompt_token_ids:
                         stats.prompt = self.renderer.tokenizer.decode(output.prompt_token_ids)
@@ -186,7 +186,7 @@ class VLLMEngine:
         client_wants_usage = bool(options.get("include_usage"))
         if body.get("stream"):
             body["stream_options"] = {**options, "include_usage": True}
-        stats = RequestStats()
+        stats = RequestStats(want_prompt=return_prompt)
         token = _stats.set(stats)
         try:
             async for frame in self._frames(chat, body, stats, client_wants_usage, return_prompt):

@@ -39,9 +39,11 @@ def validation_error(exc: ValidationError) -> ErrorFrame:
 class RequestStats:
     """What the engine reported about one API request (all its sequences together).
 
-    Times are the engine's monotonic timestamps; ``prompt`` is the text the model saw.
+    Times are the engine's monotonic timestamps; ``prompt`` is the text the model saw (kept
+    only when ``want_prompt``: decoding it costs time on every request).
     """
 
+    want_prompt: bool = False
     prompt: str | None = None
     generated: int = 0
     scheduled_ts: float | None = None

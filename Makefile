@@ -33,10 +33,11 @@ models: venv
 	$(PY) -m serve_app.models prepare --dir "$(SERVE_APP_MODELS_DIR)"
 
 CONFIG ?= serve_config.yaml
+METRICS_PORT ?= 8080
 
 serve: setup
-	@echo "==> serve run $(CONFIG)  (API on http://127.0.0.1:8000, Ctrl-C stops)"
-	$(VENV)/bin/serve run $(CONFIG)
+	@echo "==> serve run $(CONFIG)  (API on http://127.0.0.1:8000, playground /playground, Ctrl-C stops)"
+	$(PY) -m serve_app.launch $(CONFIG) --metrics-port $(METRICS_PORT)
 
 test: setup
 	$(PY) -m pytest tests/unit tests/gpu tests/serve

@@ -11,7 +11,7 @@ import binascii
 from collections.abc import Callable
 from typing import Any
 
-from deployments.common.contracts import ErrorFrame, JSONFrame
+from deployments.common.contracts import ErrorFrame, JSONFrame, Usage
 from serve_app.dispatch import first_frame
 from serve_app.errors import APIError
 from serve_app.protocol.messages import AudioPart, TextPart, audio_parts
@@ -38,7 +38,7 @@ async def transcribe_parts(
     llm: ServedModel,
     messages: list[Any],
     request_id: str,
-    on_usage: Callable[[str, float], None] | None = None,
+    on_usage: Callable[[Usage], None] | None = None,
 ) -> None:
     """Replace every ``input_audio`` part of ``messages`` by a text part with its transcript."""
     found = audio_parts(messages)
@@ -69,7 +69,7 @@ async def transcribe_parts(
         if not isinstance(frame, JSONFrame):
             raise APIError(500, f"Unexpected transcription result (request id: {request_id}).")
         if on_usage:
-            on_usage(stt.family.usage, frame.usage)
+            on_usage(frame.usage)
         messages[i].content[j] = TextPart(type="text", text=frame.body["text"])
 
     await asyncio.gather(*(transcribe(i, j, part) for i, j, part in found))

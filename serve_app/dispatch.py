@@ -15,6 +15,7 @@ from deployments.common.contracts import (
     Frame,
     JSONFrame,
     TextFrame,
+    Usage,
     UsageFrame,
 )
 from serve_app.errors import APIError, error_response, server_error
@@ -23,8 +24,8 @@ from serve_app.sse import sse_stream
 
 logger = logging.getLogger(LOGGER)
 
-UsageCallback = Callable[[float], None] | None
-FinishCallback = Callable[[int], None] | None
+UsageCallback = Callable[[Usage], None] | None
+ErrorCallback = Callable[[ErrorFrame], None] | None
 
 
 def _cancel(stream: Any) -> None:
@@ -35,7 +36,7 @@ def _cancel(stream: Any) -> None:
 
 
 async def _rest(
-    stream: Any, on_usage: UsageCallback, on_finish: FinishCallback
+    stream: Any, on_usage: UsageCallback, on_error: ErrorCallback
 ) -> AsyncIterator[Frame]:
     """The rest of a backend stream, usage taken out; cancel the call if we stop early."""
     try:
@@ -43,12 +44,16 @@ async def _rest(
             if isinstance(frame, UsageFrame):
                 if on_usage:
                     on_usage(frame.usage)
-            else:
-                yield frame
+                continue
+            if isinstance(frame, ErrorFrame) and on_error:
+                on_error(frame)
+            yield frame
+    except Exception:
+        if on_error:
+            on_error(ErrorFrame(500, "The model backend failed mid-stream."))
+        raise
     finally:
         _cancel(stream)
-        if on_finish:
-            on_finish(200)
 
 
 async def open_call(
@@ -106,28 +111,14 @@ async def frames_to_response(
     timeout_s: float,
     retry_after_s: int,
     on_usage: UsageCallback = None,
-    on_finish: FinishCallback = None,
+    on_error: ErrorCallback = None,
 ) -> Response:
     """Make a streaming handle call and answer with its frames (see ``open_call``).
 
     Errors the backend reports become envelopes with their status; a JSON or text frame is
-    the whole body; a chunk starts an SSE stream of the rest. ``on_finish(status)`` is called
-    once the answer is complete (for a stream: after its last event).
+    the whole body; a chunk starts an SSE stream of the rest. ``on_usage`` gets what the
+    request cost; ``on_error`` an error that arrives inside a stream.
     """
-    response = await _respond(call, request_id, timeout_s, retry_after_s, on_usage, on_finish)
-    if on_finish and not isinstance(response, StreamingResponse):
-        on_finish(response.status_code)
-    return response
-
-
-async def _respond(
-    call: Callable[[], Any],
-    request_id: str,
-    timeout_s: float,
-    retry_after_s: int,
-    on_usage: UsageCallback,
-    on_finish: FinishCallback,
-) -> Response:
     try:
         stream, first = await open_call(call, request_id, timeout_s, retry_after_s)
     except APIError as exc:
@@ -144,7 +135,7 @@ async def _respond(
         return PlainTextResponse(first.text, media_type=first.media_type)
     if isinstance(first, ChunkFrame):
         return StreamingResponse(
-            sse_stream(first, _rest(stream, on_usage, on_finish), request_id),
+            sse_stream(first, _rest(stream, on_usage, on_error), request_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

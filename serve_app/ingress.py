@@ -9,13 +9,17 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from ray import serve
 
+from serve_app import docs
 from serve_app.auth import KeyStore, load_keys
 from serve_app.config import AppConfig
 from serve_app.errors import install_error_handlers
 from serve_app.limits import BodyLimit
 from serve_app.log import LOGGER
+from serve_app.metrics import Metrics
+from serve_app.pipeline import Recorder
 from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.routes import audio, generation, health, models
@@ -23,20 +27,26 @@ from serve_app.settings import Settings
 
 
 def create_app(
-    registry: ModelRegistry, settings: Settings, keys: KeyStore, rate_limits: RateLimits
+    registry: ModelRegistry,
+    settings: Settings,
+    keys: KeyStore,
+    rate_limits: RateLimits,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
-    """The FastAPI app: /health open, every /v1 route behind its key scope."""
-    app = FastAPI(
+    """The FastAPI app: /health, /docs, /openapi.json and /playground open, every /v1 route
+    behind its key scope."""
+    app = FastAPIOffline(
         title="ray-openai-serve",
         summary="OpenAI-compatible chat, completions and speech on Ray Serve.",
-        docs_url=None,
         redoc_url=None,
+        favicon_url="data:,",
     )
     app.state.registry = registry
     app.state.settings = settings
     app.state.keys = keys
     app.state.rate_limits = rate_limits
-    app.state.observers = [rate_limits]  # told about every finished request
+    # Told about every /v1 request (pipeline.Recorder).
+    app.state.observers = [rate_limits, metrics or Metrics()]
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=registry.config.limits.max_body_bytes)
     if registry.config.cors_allow_origins:
@@ -47,8 +57,11 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
-    for module in (health, models, generation, audio):
+    for module in (health, models, generation, audio, docs):
         app.include_router(module.router)
+    docs.install_openapi(app)
+    paths = {route.path for route in app.routes if hasattr(route, "path")}
+    app.add_middleware(Recorder, observers=app.state.observers, routes=paths)  # outermost
     return app
 
 
@@ -76,6 +89,7 @@ class Ingress:
         )
         self.keys = KeyStore(load_keys(self.settings.api_keys, self.settings.keys_file))
         self.rate_limits = RateLimits(rate_limiter)
+        self.metrics = Metrics()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self.registry, self.settings, self.keys, self.rate_limits)
+        return create_app(self.registry, self.settings, self.keys, self.rate_limits, self.metrics)

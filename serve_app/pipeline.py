@@ -1,11 +1,14 @@
-"""The one request pipeline of the model routes: admit (model scope, rate limits) -> dispatch
--> respond, then tell the observers what the request did.
+"""The one request pipeline of the API: record -> admit (model scope, rate limits) ->
+dispatch -> respond, then tell the observers what the request did.
 
-Routes parse, pick a model and call ``admit`` then ``run_backend``; they never record usage or
-statuses themselves. Observers (the rate limiter's usage budgets today) get one ``Finished``
-record per dispatched request, after its last byte.
+``Recorder`` (ASGI middleware) opens one ``Finished`` record per ``/v1`` request, whatever
+its outcome (a 401 or 404 too), and hands it to every observer after the response's last
+byte. Routes parse, pick a model and call ``admit`` then ``run_backend``; they never record
+usage, statuses or timings themselves. Observers: the rate limiter's usage budgets and the
+Prometheus metrics (``serve_app/metrics.py``).
 """
 
+import json
 import logging
 import time
 import uuid
@@ -15,7 +18,9 @@ from typing import Any, Protocol
 
 from fastapi import Request
 from fastapi.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.common.contracts import ErrorFrame, Usage
 from serve_app.auth import APIKey, authorize_model
 from serve_app.dispatch import frames_to_response
 from serve_app.log import LOGGER
@@ -23,26 +28,106 @@ from serve_app.registry import ModelRegistry, ServedModel
 
 logger = logging.getLogger(LOGGER)
 
+CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer ended"
+_ERROR_BODY_MAX = 16 * 1024  # error envelopes are small; read their ``code`` up to this size
+
 
 @dataclass
 class Finished:
-    """One dispatched request, as the observers see it."""
+    """One ``/v1`` request, as the observers see it."""
 
-    request_id: str
     route: str
-    model: str
-    key: APIKey | None
+    request_id: str = ""
+    model: str = ""  # the configured model id, once the request named one
+    key: APIKey | None = None
     started: float = field(default_factory=time.monotonic)
-    usage: dict[str, float] = field(default_factory=dict)  # usage kind -> amount
+    first_byte: float | None = None  # when the first body bytes were sent
+    ended: float = 0.0
+    stream: bool = False
+    admitted: bool = False  # passed admit(): counted in flight until finished
+    usage: Usage = field(default_factory=dict)  # count name -> amount (contracts.USAGE_COUNTS)
     status: int = 0
+    error_code: str | None = None
 
-    def add_usage(self, kind: str, amount: float) -> None:
-        self.usage[kind] = self.usage.get(kind, 0.0) + amount
+    def add_usage(self, usage: Usage) -> None:
+        for name, amount in usage.items():
+            self.usage[name] = self.usage.get(name, 0.0) + amount
+
+    def charges(self) -> dict[str, float]:
+        """What the rate limiter's budgets count: tokens (prompt + completion), audio seconds."""
+        tokens = self.usage.get("prompt_tokens", 0.0) + self.usage.get("completion_tokens", 0.0)
+        charges = {"tokens": tokens, "audio": self.usage.get("audio_seconds", 0.0)}
+        return {kind: amount for kind, amount in charges.items() if amount > 0}
+
+    def failed(self, frame: ErrorFrame) -> None:
+        """An error the client got inside a stream (its HTTP status was already 200)."""
+        self.status, self.error_code = frame.status, frame.code
 
 
 class Observer(Protocol):
+    def admitted(self, record: Finished) -> None:
+        """Called when a request passed ``admit``; must not block."""
+
     def finished(self, record: Finished) -> None:
-        """Called once per dispatched request, after its last byte; must not block."""
+        """Called once per ``/v1`` request, after its last byte; must not block."""
+
+
+class Recorder:
+    """Pure ASGI middleware: a ``Finished`` record per ``/v1`` request, told to observers."""
+
+    def __init__(self, app: ASGIApp, observers: list[Observer], routes: set[str]) -> None:
+        self.app = app
+        self.observers = observers
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        record = Finished(route=scope["path"] if scope["path"] in self.routes else "other")
+        state = scope.setdefault("state", {})
+        state["record"] = record
+        error_body = bytearray()
+        complete = False
+
+        async def recording_send(message: Message) -> None:
+            nonlocal complete
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if body and record.first_byte is None:
+                    record.first_byte = time.monotonic()
+                if record.status >= 400 and len(error_body) < _ERROR_BODY_MAX:
+                    error_body.extend(body)
+                complete = not message.get("more_body", False)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        except Exception:  # not a cancellation: that is the client going away (below)
+            record.status = record.status if complete else 500
+            raise
+        finally:
+            record.ended = time.monotonic()
+            if not complete and record.status < 400:
+                record.status = CLIENT_CLOSED
+            record.key = record.key or state.get("api_key")
+            if error_body and record.error_code is None:
+                record.error_code = _error_code(bytes(error_body))
+            for observer in self.observers:
+                try:
+                    observer.finished(record)
+                except Exception:
+                    logger.exception("observer failed [request_id=%s]", record.request_id)
+
+
+def _error_code(body: bytes) -> str | None:
+    try:
+        code = json.loads(body)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return code if isinstance(code, str) else None
 
 
 def registry(request: Request) -> ModelRegistry:
@@ -63,10 +148,15 @@ def request_id_of(request: Request) -> str:
 
 async def admit(request: Request, model: ServedModel, key: APIKey | None) -> Finished:
     """403 if the key may not use ``model``; 429 if it is over a rate limit. Returns the
-    record the rest of the pipeline fills in."""
+    request's record, which the rest of the pipeline fills in."""
+    record: Finished = request.state.record
+    record.request_id, record.model, record.key = request_id_of(request), model.id, key
     authorize_model(key, model.id, model.config.aliases)
     await request.app.state.rate_limits.admit(key, model.family.usage)
-    return Finished(request_id_of(request), request.url.path, model.id, key)
+    record.admitted = True
+    for observer in request.app.state.observers:
+        observer.admitted(record)
+    return record
 
 
 async def run_backend(
@@ -75,11 +165,10 @@ async def run_backend(
     """Make ``call()`` (a streaming handle call) and answer with its frames.
 
     The first frame must come within the stream TTFT limit (streams) or the request timeout
-    (everything else). Usage and the final status go into ``record``; the observers get it
-    once the response is complete.
+    (everything else). Usage and errors inside a stream go into ``record``.
     """
     limits = request.app.state.registry.config.limits
-    observers: list[Observer] = request.app.state.observers
+    record.stream = stream
     logger.info(
         "%s model=%s key=%s [request_id=%s]",
         record.route,
@@ -87,20 +176,11 @@ async def run_backend(
         record.key.name if record.key else "-",
         record.request_id,
     )
-
-    def on_finish(status: int) -> None:
-        record.status = status
-        for observer in observers:
-            try:
-                observer.finished(record)
-            except Exception:
-                logger.exception("observer failed [request_id=%s]", record.request_id)
-
     return await frames_to_response(
         call,
         record.request_id,
         timeout_s=limits.stream_ttft_timeout_s if stream else limits.request_timeout_s,
         retry_after_s=limits.retry_after_s,
-        on_usage=lambda amount: record.add_usage(model.family.usage, amount),
-        on_finish=on_finish,
+        on_usage=record.add_usage,
+        on_error=record.failed,
     )

@@ -108,11 +108,14 @@ class RateLimits:
                 headers={"Retry-After": str(seconds)},
             )
 
+    def admitted(self, record: Any) -> None:
+        """Pipeline observer: nothing to do (``admit`` above already counted the request)."""
+
     def finished(self, record: Any) -> None:
         """Pipeline observer: charge a finished request's usage to its key's budgets."""
         key = record.key
         if key is None or self.handle is None:
             return
-        for kind, amount in record.usage.items():
+        for kind, amount in record.charges().items():
             if getattr(key.limits, KINDS[kind]) is not None:
                 self.handle.record.remote(key.name, kind, amount)

@@ -9,7 +9,8 @@ A backend call is a stream of frames. Its first frame decides the HTTP response:
   ``ErrorFrame`` may still come mid-stream (sent to the client as an SSE error event).
   A stream may end with a ``UsageFrame`` (what it cost; the ingress does not send it).
 
-Usage is LLM tokens (prompt + completion) or seconds of audio, by model family.
+A frame's ``usage`` is what the request cost, as counts by name (``USAGE_COUNTS``): LLM
+tokens, or seconds of audio. The ingress charges rate limits and records metrics from it.
 
 ``DecodedAudio`` is what the audio preprocessor hands the Whisper replicas.
 """
@@ -46,12 +47,28 @@ class ErrorFrame:
         }
 
 
+USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "audio_seconds")
+Usage = dict[str, float]  # name in USAGE_COUNTS -> amount
+
+
+def token_usage(usage: dict[str, Any] | None) -> Usage:
+    """The counts of an OpenAI ``usage`` object (reasoning from either of its spellings)."""
+    usage = usage or {}
+    details = usage.get("completion_tokens_details") or {}
+    counts = {
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
+        "reasoning_tokens": details.get("reasoning_tokens") or usage.get("reasoning_tokens"),
+    }
+    return {k: float(v) for k, v in counts.items() if isinstance(v, int | float) and v > 0}
+
+
 @dataclass(slots=True)
 class JSONFrame:
-    """A complete JSON response body; ``usage`` is what it cost (for rate limits)."""
+    """A complete JSON response body; ``usage`` is what it cost."""
 
     body: dict[str, Any] = field(default_factory=dict)
-    usage: float = 0.0
+    usage: Usage = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -60,14 +77,14 @@ class TextFrame:
 
     text: str
     media_type: str = "text/plain"
-    usage: float = 0.0
+    usage: Usage = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class UsageFrame:
-    """The last frame of a stream: what it cost (LLM tokens or audio seconds). Not sent."""
+    """The last frame of a stream: what it cost. Not sent."""
 
-    usage: float
+    usage: Usage
 
 
 @dataclass(slots=True)

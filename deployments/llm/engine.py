@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import ray
 from pydantic import ValidationError
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
@@ -27,8 +28,16 @@ from vllm.renderers.chat_utils import load_chat_template
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
-from deployments.common.contracts import ChunkFrame, ErrorFrame, Frame, JSONFrame, UsageFrame
+from deployments.common.contracts import (
+    ChunkFrame,
+    ErrorFrame,
+    Frame,
+    JSONFrame,
+    UsageFrame,
+    token_usage,
+)
 from deployments.llm import reasoning
 from deployments.llm.samplers import DRY, XTC, RepeatPenaltyWindow
 from deployments.llm.schema import (
@@ -93,7 +102,10 @@ class VLLMEngine:
     def __init__(self, model_id: str, source: str, options: dict[str, Any]) -> None:
         self.model_id = model_id
         self.engine = AsyncLLM.from_engine_args(
-            engine_args(model_id, source, options), usage_context=UsageContext.OPENAI_API_SERVER
+            engine_args(model_id, source, options),
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            # vLLM's Prometheus metrics (vllm:*), exported through Ray's metrics agent.
+            stat_loggers=[RayPrometheusStatLogger] if ray.is_initialized() else None,
         )
         self._generate = self.engine.generate
         self.engine.generate = self._tapped_generate  # the serving layer calls this
@@ -176,7 +188,7 @@ class VLLMEngine:
         """Run one OpenAI request (``endpoint`` is ``chat`` or ``completions``) and yield frames.
 
         ``body`` is a vLLM request body plus ``return_prompt`` (ours: add the rendered prompt).
-        A stream always ends with a ``UsageFrame`` (total tokens); the usage chunk itself is
+        A stream always ends with a ``UsageFrame`` (token counts); the usage chunk itself is
         only sent on when the client asked for it (``stream_options.include_usage``).
         """
         body = {**body, "model": self.model_id, "request_id": request_id}
@@ -222,7 +234,7 @@ class VLLMEngine:
         if not hasattr(result, "__aiter__"):
             response = drop_nulls(result.model_dump(mode="json"))
             _finish(response, stats, chat, return_prompt)
-            yield JSONFrame(response, usage=_total_tokens(response))
+            yield JSONFrame(response, usage=token_usage(response.get("usage")))
             return
         first = True
         async for event in result:
@@ -247,7 +259,7 @@ class VLLMEngine:
             if client_wants_usage or not usage_chunk:
                 yield ChunkFrame(json.dumps(drop_nulls(data), separators=(",", ":")))
             if usage_chunk:
-                yield UsageFrame(_total_tokens(data))
+                yield UsageFrame(token_usage(data["usage"]))
 
 
 def _finish(response: dict[str, Any], stats: RequestStats, chat: bool, prompt: bool) -> None:
@@ -258,10 +270,6 @@ def _finish(response: dict[str, Any], stats: RequestStats, chat: bool, prompt: b
         add_logprobs_refusal(response)
     if prompt:
         response["prompt"] = stats.prompt
-
-
-def _total_tokens(response: dict[str, Any]) -> float:
-    return float((response.get("usage") or {}).get("total_tokens") or 0)
 
 
 def error_frame(error: dict[str, Any]) -> ErrorFrame:

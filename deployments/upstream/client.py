@@ -25,7 +25,14 @@ from typing import Any
 
 import httpx
 
-from deployments.common.contracts import ChunkFrame, ErrorFrame, Frame, JSONFrame, UsageFrame
+from deployments.common.contracts import (
+    ChunkFrame,
+    ErrorFrame,
+    Frame,
+    JSONFrame,
+    UsageFrame,
+    token_usage,
+)
 
 logger = logging.getLogger("ray.serve.deployments.upstream")
 
@@ -114,7 +121,7 @@ class UpstreamClient:
                     return
                 result = json.loads(data)
                 result["model"] = our_id
-                yield JSONFrame(result, usage=_total_tokens(result))
+                yield JSONFrame(result, usage=token_usage(result.get("usage")))
         finally:
             await response.aclose()  # also when cancelled: the provider sees the disconnect
 
@@ -230,11 +237,7 @@ class UpstreamClient:
             if client_wants_usage or not usage_chunk:
                 yield ChunkFrame(json.dumps(event, separators=(",", ":")))
             if usage_chunk:
-                yield UsageFrame(_total_tokens(event))
-
-
-def _total_tokens(response: dict[str, Any]) -> float:
-    return float((response.get("usage") or {}).get("total_tokens") or 0)
+                yield UsageFrame(token_usage(event["usage"]))
 
 
 def _retry_after(response: httpx.Response) -> float | None:

@@ -5,8 +5,11 @@ faster-whisper is imported in ``__init__`` (through ``deployments.whisper.engine
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
+
+from ray.serve import metrics
 
 from deployments.common.contracts import DecodedAudio, ErrorFrame, Frame, UsageFrame
 from deployments.whisper import formats
@@ -23,6 +26,20 @@ class WhisperDeployment:
         self.model_id = model_id
         self.active = 0
         self.segments_decoded = 0
+        # Exported as ray_whisper_* (README, metrics table).
+        self.in_progress = metrics.Gauge(
+            "whisper_requests_in_progress",
+            description="Requests on this replica, transcribing or waiting for the model.",
+            tag_keys=("model",),
+        )
+        self.realtime_factor = metrics.Histogram(
+            "whisper_realtime_factor",
+            description="Seconds spent per second of audio, per finished request.",
+            boundaries=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5],
+            tag_keys=("model",),
+        )
+        for metric in (self.in_progress, self.realtime_factor):
+            metric.set_default_tags({"model": model_id})
         self.engine = WhisperEngine(source, engine_options)
         self.engine.self_test()
         logger.info("Whisper %s ready (multilingual: %s)", model_id, self.engine.multilingual)
@@ -59,11 +76,16 @@ class WhisperDeployment:
             yield refusal
             return
         self.active += 1
+        self.in_progress.set(self.active)
+        started = time.monotonic()
         try:
             async for frame in self._transcribe(audio, params):
                 yield frame
+            if audio.duration_s > 0:
+                self.realtime_factor.observe((time.monotonic() - started) / audio.duration_s)
         finally:
             self.active -= 1
+            self.in_progress.set(self.active)
 
     async def _transcribe(
         self, audio: DecodedAudio, params: dict[str, Any]
@@ -87,7 +109,7 @@ class WhisperDeployment:
             segments.append(segment)
         if params.get("stream"):
             yield formats.done_event(formats.full_text(segments))
-            yield UsageFrame(transcript.duration_s)
+            yield UsageFrame(formats.audio_usage(transcript.duration_s))
             return
         yield formats.render(
             params["response_format"],

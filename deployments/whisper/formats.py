@@ -73,18 +73,18 @@ def render(
 ) -> Frame:
     """The whole (non-streaming) response for ``response_format``; usage is the duration."""
     if response_format == "text":
-        return TextFrame(full_text(segments) + "\n", usage=duration_s)
+        return TextFrame(full_text(segments) + "\n", usage=audio_usage(duration_s))
     if response_format == "srt":
-        return TextFrame(to_srt(segments), usage=duration_s)
+        return TextFrame(to_srt(segments), usage=audio_usage(duration_s))
     if response_format == "vtt":
-        return TextFrame(to_vtt(segments), "text/vtt", usage=duration_s)
+        return TextFrame(to_vtt(segments), "text/vtt", usage=audio_usage(duration_s))
     if response_format == "verbose_json":
         body = to_verbose_json(task, language, duration_s, segments, granularities)
-        return JSONFrame(body, usage=duration_s)
+        return JSONFrame(body, usage=audio_usage(duration_s))
     body: dict[str, Any] = {"text": full_text(segments)}
     if task == "transcribe":
         body["usage"] = {"type": "duration", "seconds": round(duration_s, 3)}
-    return JSONFrame(body, usage=duration_s)
+    return JSONFrame(body, usage=audio_usage(duration_s))
 
 
 def delta_event(text: str) -> ChunkFrame:
@@ -93,3 +93,7 @@ def delta_event(text: str) -> ChunkFrame:
 
 def done_event(text: str) -> ChunkFrame:
     return ChunkFrame(json.dumps({"type": "transcript.text.done", "text": text}))
+
+
+def audio_usage(duration_s: float) -> dict[str, float]:
+    return {"audio_seconds": duration_s} if duration_s > 0 else {}

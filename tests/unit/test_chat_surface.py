@@ -48,7 +48,9 @@ def make(whisper_frames=None, max_upload=1000):
         }
     )
     llm = FakeHandle([JSONFrame({"ok": True})])
-    whisper = FakeHandle(whisper_frames or [JSONFrame({"text": "the quick brown fox"}, 2.0)])
+    whisper = FakeHandle(
+        whisper_frames or [JSONFrame({"text": "the quick brown fox"}, {"audio_seconds": 2.0})]
+    )
     handles = {SMART: llm, PLAIN: llm, "stt": whisper}
     registry = ModelRegistry(config, handles, 1, FakeHandle([]))
     app = create_app(registry, Settings(), KeyStore([]), RateLimits(None))

@@ -20,7 +20,7 @@ from serve_app.settings import Settings
 from tests.unit.fakes import FakeHandle, LocalHandle
 from tests.unit.test_ingress import CHAT, MODEL, assert_envelope, make_client, sse_lines
 
-OK = [JSONFrame({"ok": True}, usage=10)]
+OK = [JSONFrame({"ok": True}, usage={"prompt_tokens": 4, "completion_tokens": 6})]
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -131,7 +131,7 @@ def test_rate_limit_is_429_with_retry_after_and_counts_usage():
 def test_stream_usage_is_recorded_not_sent():
     limiter = RateLimiter()
     key = scoped(limits={"tokens_per_minute": 1000})
-    frames = [ChunkFrame('{"a":1}'), UsageFrame(42)]
+    frames = [ChunkFrame('{"a":1}'), UsageFrame({"prompt_tokens": 40, "completion_tokens": 2})]
     client = make_client(FakeHandle(frames), key_records=[key], limiter=LocalHandle(limiter))
     response = client.post(
         "/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer("s3cret")
@@ -233,7 +233,7 @@ def test_audio_seconds_per_minute_limit():
     config = AppConfig.model_validate(
         {"models": [{"id": "stt", "family": "whisper", "source": "y"}]}
     )
-    whisper = FakeHandle([JSONFrame({"text": "hi"}, usage=3.0)])  # 3 s of audio
+    whisper = FakeHandle([JSONFrame({"text": "hi"}, usage={"audio_seconds": 3.0})])  # 3 s of audio
     registry = ModelRegistry(config, {"stt": whisper}, 1, FakeHandle([]))
     key = scoped(limits={"audio_seconds_per_minute": 2})
     app = create_app(registry, Settings(), KeyStore([key]), RateLimits(LocalHandle(RateLimiter())))

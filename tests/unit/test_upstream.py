@@ -51,7 +51,10 @@ def test_json_answer_is_passed_on_with_our_model_id(monkeypatch):
 
     (frame,) = run(frames(client(handler, monkeypatch)))
     assert isinstance(frame, JSONFrame)
-    assert frame.body["model"] == "gpt-4o-mini" and frame.usage == 4
+    assert frame.body["model"] == "gpt-4o-mini" and frame.usage == {
+        "prompt_tokens": 3,
+        "completion_tokens": 1,
+    }
     assert seen["body"]["model"] == "real-model" and seen["path"] == "/v1/chat/completions"
     assert seen["auth"] == f"Bearer {SECRET}"
 
@@ -61,7 +64,13 @@ def sse(*events) -> bytes:
 
 
 CHUNK = json.dumps({"model": "real-model", "choices": [{"index": 0, "delta": {"content": "P"}}]})
-USAGE = json.dumps({"model": "real-model", "choices": [], "usage": {"total_tokens": 7}})
+USAGE = json.dumps(
+    {
+        "model": "real-model",
+        "choices": [],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+    }
+)
 
 
 @pytest.mark.parametrize("wants_usage", [False, True])
@@ -80,7 +89,7 @@ def test_stream_passes_chunks_and_asks_for_usage(wants_usage):
     chunks = [f for f in got if isinstance(f, ChunkFrame)]
     assert len(chunks) == (3 if wants_usage else 2)
     assert json.loads(chunks[0].data)["model"] == "gpt-4o-mini"
-    assert got[-1] == UsageFrame(7.0)
+    assert got[-1] == UsageFrame({"prompt_tokens": 5, "completion_tokens": 2})
 
 
 @pytest.mark.parametrize("status", [400, 404, 409, 422])

@@ -13,7 +13,7 @@ export VLLM_NO_USAGE_STATS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup venv models serve test test-unit test-serve lint clean
+.PHONY: setup venv models browser serve test test-unit test-serve lint clean
 
 setup: venv models
 
@@ -39,13 +39,24 @@ serve: setup
 	@echo "==> serve run $(CONFIG)  (API on http://127.0.0.1:8000, playground /playground, Ctrl-C stops)"
 	$(PY) -m serve_app.launch $(CONFIG) --metrics-port $(METRICS_PORT)
 
-test: setup
+# The playground's browser test drives Debian's Chromium through Debian's ChromeDriver (no
+# browser download by a test tool). Installed once; offline without them, that test skips
+# (in CI it fails instead).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "==> [setup] installing Debian's chromium and chromium-driver (browser test)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
+	    -y -qq --no-install-recommends chromium chromium-driver fonts-liberation \
+	  || echo "==> chromium not installed: the browser test will skip"; }
+
+test: setup browser
 	$(PY) -m pytest tests/unit tests/gpu tests/serve
 
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
-test-serve: setup
+test-serve: setup browser
 	$(PY) -m pytest tests/serve
 
 lint: venv

@@ -25,9 +25,10 @@ def main(argv: list[str] | None = None) -> None:
         help="Prometheus scrape port of Ray's metrics agent (env SERVE_APP_METRICS_PORT)",
     )
     args = parser.parse_args(argv)
-    # SIGTERM (a process manager, `kill`) stops like Ctrl-C: serve run shuts the app down.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     ray.init(address="local", namespace="serve", _metrics_export_port=args.metrics_port)
+    # SIGTERM (a process manager, `kill`) stops like Ctrl-C: serve run shuts the app down.
+    # Set after ray.init, which installs a handler of its own.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"==> metrics: http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
     try:
         cli.main(args=["run", args.config], prog_name="serve", standalone_mode=False)

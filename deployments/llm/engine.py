@@ -167,16 +167,18 @@ class VLLMEngine:
         """``AsyncLLM.generate``, reporting the prompt and each finished sequence to the
         request being served."""
         stats = _stats.get()
+        generated = 0  # streams get deltas (count every output), the rest one final output
         async for output in self._generate(*args, **kwargs):
             if stats is not None:
                 if stats.want_prompt and stats.prompt is None:
                     stats.prompt = output.prompt
                     if stats.prompt is None and output.prompt_token_ids:
                         stats.prompt = self.renderer.tokenizer.decode(output.prompt_token_ids)
+                generated += sum(len(o.token_ids) for o in output.outputs)
                 if output.finished:
                     metrics = output.metrics
                     stats.observe(
-                        sum(len(o.token_ids) for o in output.outputs),
+                        generated,
                         getattr(metrics, "scheduled_ts", 0.0),
                         getattr(metrics, "last_token_ts", 0.0),
                     )

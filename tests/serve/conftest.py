@@ -94,7 +94,7 @@ def base_url() -> Iterator[str]:
     from serve_app.app import build_app
     from serve_app.config import AppConfig
 
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     config = yaml.safe_load((ROOT / "examples/loopback-gateway.yaml").read_text())
     (app_config,) = config["applications"]
     args = AppConfig.model_validate(session_args(app_config["args"], port))
@@ -105,8 +105,10 @@ def base_url() -> Iterator[str]:
         num_cpus=4,  # fractional reservations of ingress + replicas exceed 2 real cores
         include_dashboard=False,
         _temp_dir=str(temp_dir),
+        _metrics_export_port=metrics_port,  # as `make serve` does (serve_app/launch.py)
         logging_level="WARNING",
     )
+    os.environ["TEST_METRICS_URL"] = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name="openai", route_prefix="/", blocking=False)
@@ -133,6 +135,12 @@ def _wait_healthy(url: str, deadline_s: float = 300) -> None:
             last = exc
         time.sleep(1)
     raise RuntimeError(f"app not healthy after {deadline_s}s: {last}")
+
+
+@pytest.fixture(scope="session")
+def metrics_url(base_url: str) -> str:
+    """Ray's Prometheus endpoint of the session cluster."""
+    return os.environ["TEST_METRICS_URL"]
 
 
 @pytest.fixture(scope="session")

@@ -56,3 +56,20 @@ def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
         wav.setframerate(rate)
         wav.writeframes((np.clip(samples, -1, 1) * 32767).astype(np.int16).tobytes())
     return out.getvalue()
+
+
+def silence_flac(seconds: int, rate: int = 384_000) -> bytes:
+    """A "silence bomb": digital silence at a high rate, which FLAC packs ~1000:1 (ten
+    minutes at 384 kHz are 110 KB that decode to 230 M samples)."""
+    out = io.BytesIO()
+    with av.open(out, mode="w", format="flac") as container:
+        stream = container.add_stream("flac", rate=rate, layout="mono")
+        zeros = np.zeros((1, rate), dtype=np.int16)  # one second per frame
+        for second in range(seconds):
+            frame = av.AudioFrame.from_ndarray(zeros, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = rate, second * rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return out.getvalue()

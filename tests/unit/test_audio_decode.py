@@ -2,6 +2,8 @@
 
 import asyncio
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from deployments.audio.decode import (
 )
 from deployments.audio.deployment import AudioPreprocessor
 from deployments.common.contracts import DecodedAudio, ErrorFrame
-from tests.audio_files import CONTAINERS, SPEECH_EN, transcode, wav_bytes
+from tests.audio_files import CONTAINERS, SPEECH_EN, silence_flac, transcode, wav_bytes
 
 EN_SECONDS = 3.438
 
@@ -90,3 +92,29 @@ def test_preprocessor_returns_audio_or_a_400_frame():
     assert isinstance(long, ErrorFrame) and long.code == "audio_too_long"
     ok = asyncio.run(AudioPreprocessor(60).decode(SPEECH_EN.read_bytes()))
     assert isinstance(ok, DecodedAudio) and ok.duration_s == pytest.approx(EN_SECONDS, abs=0.05)
+
+
+PEAK_RSS = """
+import resource, sys
+from deployments.audio.decode import decode_audio
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+audio = decode_audio(data, max_duration_s=1800)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(audio.size, audio.nbytes, (after - before) * 1024)
+"""
+
+
+def test_a_silence_bomb_decodes_in_memory_bounded_by_its_16khz_output(tmp_path):
+    """Ten minutes of silence at 384 kHz (110 KB of FLAC): at the source rate that is 920 MB
+    of float32 (the decoder used to peak at 1.8 GB); resampled while decoding, the peak is
+    the 37 MB of 16 kHz output plus a constant."""
+    bomb = tmp_path / "bomb.flac"
+    bomb.write_bytes(silence_flac(600))
+    assert bomb.stat().st_size < 200_000
+    run = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(bomb)], capture_output=True, text=True, check=True
+    )
+    samples, output_bytes, peak_growth = map(int, run.stdout.split())
+    assert samples == pytest.approx(600 * WHISPER_SAMPLE_RATE, abs=WHISPER_SAMPLE_RATE // 100)
+    assert peak_growth < output_bytes + 48 * 2**20, (peak_growth, output_bytes)

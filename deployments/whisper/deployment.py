@@ -1,14 +1,22 @@
 """The Whisper deployment: one per configured speech-to-text model (faster-whisper).
 
 faster-whisper is imported in ``__init__`` (through ``deployments.whisper.engine``).
+
+Concurrent requests share the model through Serve's batching (``@serve.batch``): each
+request prepares its audio (VAD, 30-second windows, features) in a thread of its own, and
+every window waits for ``_decode``, which hands the windows of all requests that arrived
+together (up to ``max_batch_size``, waiting at most ``batch_wait_timeout_s`` for more) to the
+model as one batch, in the model's one thread.
 """
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ray import serve
 from ray.serve import metrics
 
 from deployments.common.contracts import DecodedAudio, ErrorFrame, Frame, UsageFrame
@@ -25,7 +33,17 @@ class WhisperDeployment:
 
         self.model_id = model_id
         self.active = 0
-        self.segments_decoded = 0
+        self.decoding = 0  # model calls running
+        self.windows_decoded = 0
+        self.batch_sizes: dict[int, int] = {}  # windows per model call -> calls
+        self._request_threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=64, thread_name_prefix="whisper-request"
+        )
+        self._model_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="whisper-model"
+        )
+        self._decode.set_max_batch_size(engine_options.get("max_batch_size", 8))
+        self._decode.set_batch_wait_timeout_s(engine_options.get("batch_wait_timeout_s", 0.01))
         # Exported as ray_whisper_* (README, metrics table).
         self.in_progress = metrics.Gauge(
             "whisper_requests_in_progress",
@@ -87,26 +105,68 @@ class WhisperDeployment:
             self.active -= 1
             self.in_progress.set(self.active)
 
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _decode(self, windows: list[Any]) -> list[list[dict[str, Any]]]:
+        """Windows of any requests, decoded together (sizes set from the config)."""
+        self.batch_sizes[len(windows)] = self.batch_sizes.get(len(windows), 0) + 1
+        loop = asyncio.get_running_loop()
+        self.decoding += 1
+        try:
+            decoded = await loop.run_in_executor(
+                self._model_thread, self.engine.decode_windows, windows
+            )
+        finally:
+            self.decoding -= 1
+        self.windows_decoded += len(windows)
+        return decoded
+
     async def _transcribe(
         self, audio: DecodedAudio, params: dict[str, Any]
     ) -> AsyncIterator[Frame]:
+        loop = asyncio.get_running_loop()
+        pending: set[concurrent.futures.Future] = set()
+
+        def decode(windows: list[Any]) -> list[list[dict[str, Any]]]:
+            """In this request's thread: wait for the batcher to decode ``windows``."""
+
+            async def decode_all() -> list[list[dict[str, Any]]]:
+                return list(await asyncio.gather(*(self._decode(w) for w in windows)))
+
+            future = asyncio.run_coroutine_threadsafe(decode_all(), loop)
+            pending.add(future)
+            try:
+                return future.result()
+            finally:
+                pending.discard(future)
+
         granularities = params.get("timestamp_granularities") or []
-        transcript = await asyncio.to_thread(
-            self.engine.transcribe,
-            audio.samples,
-            task=params["task"],
-            language=params.get("language"),
-            prompt=params.get("prompt"),
-            temperature=params.get("temperature"),
-            word_timestamps="word" in granularities,
-        )
-        segments = []
-        while (segment := await asyncio.to_thread(next, transcript.segments, None)) is not None:
-            self.segments_decoded += 1
-            if params.get("stream"):
-                text = segment["text"] if segments else segment["text"].lstrip()
-                yield formats.delta_event(text)
-            segments.append(segment)
+        try:
+            transcript = await loop.run_in_executor(
+                self._request_threads,
+                lambda: self.engine.transcribe(
+                    audio.samples,
+                    task=params["task"],
+                    language=params.get("language"),
+                    prompt=params.get("prompt"),
+                    temperature=params.get("temperature"),
+                    word_timestamps="word" in granularities,
+                    decode=decode,
+                ),
+            )
+            segments = []
+            while True:
+                segment = await loop.run_in_executor(
+                    self._request_threads, next, transcript.segments, None
+                )
+                if segment is None:
+                    break
+                if params.get("stream"):
+                    text = segment["text"] if segments else segment["text"].lstrip()
+                    yield formats.delta_event(text)
+                segments.append(segment)
+        finally:  # cancelled: windows still queued for the batcher are dropped
+            for future in list(pending):
+                future.cancel()
         if params.get("stream"):
             yield formats.done_event(formats.full_text(segments))
             yield UsageFrame(formats.audio_usage(transcript.duration_s))
@@ -120,9 +180,15 @@ class WhisperDeployment:
             granularities,
         )
 
-    async def stats(self) -> dict[str, int]:
-        """Transcriptions in progress and segments decoded so far on this replica."""
-        return {"active": self.active, "segments_decoded": self.segments_decoded}
+    async def stats(self) -> dict[str, Any]:
+        """Transcriptions in progress, model calls running, 30-second windows decoded and the
+        batch sizes reached (windows per model call -> calls) on this replica."""
+        return {
+            "active": self.active,
+            "decoding": self.decoding,
+            "windows_decoded": self.windows_decoded,
+            "batch_sizes": dict(sorted(self.batch_sizes.items())),
+        }
 
     async def ready(self) -> str:
         """Return the model id if the model is loaded (raises otherwise)."""

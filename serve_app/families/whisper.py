@@ -14,9 +14,26 @@ class WhisperEngineOptions(StrictModel):
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where the model runs.")
     compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16...).")
     beam_size: int = Field(5, ge=1, le=16, description="Beam width for decoding.")
-    vad_filter: bool = Field(False, description="Skip non-speech with Silero VAD.")
+    vad_filter: bool = Field(
+        True,
+        description="Skip non-speech with Silero VAD (faster-whisper's, offline): without it "
+        "silence and faint noise come out as invented text ('You You You') after seconds to "
+        "minutes of decoding (bench/silence_bench.py).",
+    )
     cpu_threads: int = Field(0, ge=0, description="CTranslate2 CPU threads (0: its default).")
-    num_workers: int = Field(1, ge=1, description="Transcriptions one replica runs at once.")
+    max_batch_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="30-second windows, from any requests, decoded together in one model call.",
+    )
+    batch_wait_timeout_s: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="How long a window waits for others to fill a batch (windows that "
+        "arrive while the model is busy batch up without it).",
+    )
 
 
 class WhisperModelConfig(LocalModelBase):
@@ -25,7 +42,7 @@ class WhisperModelConfig(LocalModelBase):
     family: Literal["whisper"]
     engine: WhisperEngineOptions = Field(default_factory=WhisperEngineOptions)
     deployment: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(max_ongoing_requests=4, max_queued_requests=32),
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=8, max_queued_requests=32),
         description="Placement and scaling of this model's replicas.",
     )
 

@@ -120,7 +120,7 @@ def test_whisper_replica_killed_mid_request_recovers(http: httpx.Client):
         pending = pool.submit(
             http.post,
             "/v1/audio/transcriptions",
-            files={"file": ("long.wav", minute_clip(60))},
+            files={"file": ("long.wav", minute_clip(600))},  # 20 windows: still running
             data={"model": "whisper-base"},
             timeout=120,
         )

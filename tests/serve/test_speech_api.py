@@ -1,5 +1,6 @@
 """End to end: real Serve, audio pool + faster-whisper replicas, the official openai SDK."""
 
+import concurrent.futures
 import json
 import re
 
@@ -8,7 +9,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.audio_files import CONTAINERS, SPEECH_DE, SPEECH_EN, transcode
+from tests.audio_files import CONTAINERS, SPEECH_DE, SPEECH_EN, silence_flac, transcode
 from tests.openai_schema import validate
 from tests.serve.test_llm_api import sse_events
 
@@ -205,3 +206,30 @@ def test_model_family_mismatch_and_unknown(client: OpenAI):
         )
     with pytest.raises(openai.NotFoundError):
         transcribe(client, model="whisper-9")
+
+
+def test_a_silence_bomb_is_decoded_bounded_and_transcribed_as_nothing(client: OpenAI):
+    """Ten minutes of digital silence at 384 kHz (110 KB of FLAC): the audio pool resamples
+    while decoding (its memory is the 16 kHz output), and voice-activity filtering finds no
+    speech, so nothing is invented (without it: "You You You ...")."""
+    bomb = silence_flac(600)
+    for model in ("whisper-base", "whisper-tiny.en"):
+        result = client.audio.transcriptions.create(
+            model=model, file=("silence.flac", bomb), response_format="verbose_json"
+        )
+        assert result.text.strip() == "" and not result.segments, result.text
+        assert result.duration == pytest.approx(600, abs=0.1)
+
+
+def test_concurrent_transcriptions_share_model_batches(client: OpenAI):
+    """Windows of concurrent requests are decoded together (Serve's @serve.batch), each
+    request still getting its own transcript."""
+    from ray import serve
+
+    whisper = serve.get_deployment_handle("whisper-whisper-tiny-en", app_name="openai")
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        texts = list(pool.map(lambda _: transcribe(client, model="whisper-tiny.en").text, range(6)))
+    for text in texts:
+        assert_fox(text)
+    sizes = whisper.stats.remote().result()["batch_sizes"]
+    assert max(sizes) > 1, sizes

@@ -1,4 +1,4 @@
-"""Run the embedded default with `serve run serve_config.yaml` for a benchmark."""
+"""Run the embedded default as `make serve` does (`serve_app.launch`) for a benchmark."""
 
 import contextlib
 import os
@@ -59,7 +59,20 @@ def stream_once(
 class Server:
     url: str
     pid: int
-    ready_s: float  # from `serve run` to the first 200 on /health
+    ready_s: float  # from the launch to the first 200 on /health
+    metrics_url: str  # Ray's Prometheus endpoint
+
+    def metric(self, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+        """The samples of ``name`` (e.g. ``ray_serve_actual_batch_size_bucket``) carrying
+        ``labels``, from one scrape."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        found = []
+        for family in text_string_to_metric_families(httpx.get(self.metrics_url).text):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    found.append((sample.labels, sample.value))
+        return found
 
     def memory_mib(self) -> float:
         """Proportional set size (shared pages split between sharers) of `serve run` and
@@ -76,9 +89,10 @@ class Server:
 def running_server(deadline_s: float = 600, config: str = "serve_config.yaml") -> Iterator[Server]:
     http = yaml.safe_load((ROOT / config).read_text())["http_options"]
     url = f"http://{http['host']}:{http['port']}"
+    metrics_port = 8081
     started = time.monotonic()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "serve"), "run", config],
+        [sys.executable, "-m", "serve_app.launch", config, "--metrics-port", str(metrics_port)],
         cwd=ROOT,
         env={**os.environ, "SERVE_APP_API_KEYS": ""},
         stdout=subprocess.DEVNULL,
@@ -93,7 +107,8 @@ def running_server(deadline_s: float = 600, config: str = "serve_config.yaml") -
                 if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                     break
             time.sleep(0.25)
-        yield Server(url, proc.pid, time.monotonic() - started)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        yield Server(url, proc.pid, time.monotonic() - started, metrics_url)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:

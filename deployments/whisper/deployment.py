@@ -96,7 +96,6 @@ class WhisperDeployment:
         self._request_threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=64, thread_name_prefix="whisper-request"
         )
-        self._batcher: Batcher | None = None  # made in the replica's event loop
         # Exported as ray_whisper_* (README, metrics table).
         self.in_progress = metrics.Gauge(
             "whisper_requests_in_progress",
@@ -115,11 +114,16 @@ class WhisperDeployment:
             boundaries=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5],
             tag_keys=("model",),
         )
-        self.engine_options = engine_options
         for metric in (self.in_progress, self.batch_size, self.realtime_factor):
             metric.set_default_tags({"model": model_id})
         self.engine = WhisperEngine(source, engine_options)
         self.engine.self_test()
+        self.batcher = Batcher(
+            self.engine.decode_windows,
+            engine_options.get("max_batch_size", 8),
+            engine_options.get("batch_wait_timeout_s", 0.0),
+            self._count_batch,
+        )
         logger.info("Whisper %s ready (multilingual: %s)", model_id, self.engine.multilingual)
 
     def _refuse(self, params: dict[str, Any]) -> ErrorFrame | None:
@@ -146,8 +150,9 @@ class WhisperDeployment:
         ``audio`` is the preprocessor's result (passed on as a DeploymentResponse). Yields an
         ``ErrorFrame``; or one ``JSONFrame``/``TextFrame`` in ``params["response_format"]``;
         or, with ``params["stream"]``, a ``transcript.text.delta`` chunk per segment and a
-        final ``transcript.text.done`` carrying the full text. Segments decode one at a time
-        in a worker thread, so a cancelled call stops between segments.
+        final ``transcript.text.done`` carrying the full text. A request's 30-second windows
+        decode one after another (each in a batch with other requests' windows), so a
+        cancelled call stops between windows.
         """
         refusal = self._refuse(params) if not isinstance(audio, ErrorFrame) else audio
         if refusal is not None:
@@ -165,16 +170,6 @@ class WhisperDeployment:
             self.active -= 1
             self.in_progress.set(self.active)
 
-    def batcher(self) -> Batcher:
-        if self._batcher is None:
-            self._batcher = Batcher(
-                self.engine.decode_windows,
-                self.engine_options.get("max_batch_size", 8),
-                self.engine_options.get("batch_wait_timeout_s", 0.0),
-                self._count_batch,
-            )
-        return self._batcher
-
     def _count_batch(self, size: int) -> None:
         self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
         self.windows_decoded += size
@@ -184,7 +179,7 @@ class WhisperDeployment:
         self, audio: DecodedAudio, params: dict[str, Any]
     ) -> AsyncIterator[Frame]:
         loop = asyncio.get_running_loop()
-        batcher = self.batcher()
+        batcher = self.batcher
         pending: set[concurrent.futures.Future] = set()
 
         def decode(windows: list[Any]) -> list[Any]:
@@ -246,7 +241,7 @@ class WhisperDeployment:
         to the model and the batch sizes reached (windows per call -> calls) on this replica."""
         return {
             "active": self.active,
-            "decoding": bool(self._batcher and self._batcher.busy),
+            "decoding": self.batcher.busy,
             "windows_decoded": self.windows_decoded,
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
         }

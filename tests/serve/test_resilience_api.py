@@ -90,6 +90,7 @@ def test_llm_replica_killed_under_load_recovers(http: httpx.Client):
                 "model": MODEL,
                 "messages": [{"role": "user", "content": "Story?"}],
                 "max_tokens": 600,
+                "ignore_eos": True,  # still running at the kill, whatever the model says
             },  # fmt: skip
         )
         wait_until(lambda: llm.num_unfinished_requests.remote().result() >= 4, 30, "load")

@@ -86,15 +86,16 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(deadline_s: float = 600, config: str = "serve_config.yaml") -> Iterator[Server]:
-    http = yaml.safe_load((ROOT / config).read_text())["http_options"]
-    url = f"http://{http['host']}:{http['port']}"
-    metrics_port = 8081
+def healthy_process(
+    command: list[str], url: str, env: dict[str, str], deadline_s: float = 600
+) -> Iterator[tuple[int, float]]:
+    """Run ``command`` in a process group of its own until ``url``/health answers 200:
+    ``(pid, seconds until healthy)``. SIGINT (then SIGKILL) stops the whole group after."""
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serve_app.launch", config, "--metrics-port", str(metrics_port)],
+        command,
         cwd=ROOT,
-        env={**os.environ, "SERVE_APP_API_KEYS": ""},
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -102,16 +103,29 @@ def running_server(deadline_s: float = 600, config: str = "serve_config.yaml") -
     try:
         while True:
             if time.monotonic() - started > deadline_s or proc.poll() is not None:
-                raise RuntimeError("the server did not become healthy")
+                raise RuntimeError(f"{command[:3]} did not become healthy")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                     break
             time.sleep(0.25)
-        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        yield Server(url, proc.pid, time.monotonic() - started, metrics_url)
+        yield proc.pid, time.monotonic() - started
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_server(deadline_s: float = 600, config: str = "serve_config.yaml") -> Iterator[Server]:
+    """Our app as `make serve` runs it (no API keys), its metrics on port 8081."""
+    http = yaml.safe_load((ROOT / config).read_text())["http_options"]
+    url = f"http://{http['host']}:{http['port']}"
+    metrics_port = 8081
+    command = [sys.executable, "-m", "serve_app.launch", config]
+    command += ["--metrics-port", str(metrics_port)]
+    env = {**os.environ, "SERVE_APP_API_KEYS": ""}
+    with healthy_process(command, url, env, deadline_s) as (pid, ready_s):
+        yield Server(url, pid, ready_s, f"http://127.0.0.1:{metrics_port}/metrics")

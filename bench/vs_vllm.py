@@ -14,17 +14,14 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
-import httpx
 from openai import AsyncOpenAI
 
-from bench.server import ROOT, STORY, engine_options, running_server
+from bench.server import ROOT, STORY, engine_options, healthy_process, running_server
 from deployments.llm import reasoning
 from deployments.llm.engine import template_path
 
@@ -79,31 +76,8 @@ def vllm_command(port: int) -> list[str]:
 def vllm_server(deadline_s: float = 600) -> Iterator[str]:
     url = f"http://127.0.0.1:{VLLM_PORT}"
     env = {**os.environ, "VLLM_USE_V2_MODEL_RUNNER": "0"}  # as our LLM deployment pins it
-    proc = subprocess.Popen(
-        vllm_command(VLLM_PORT),
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    started = time.monotonic()
-    try:
-        while True:
-            if time.monotonic() - started > deadline_s or proc.poll() is not None:
-                raise RuntimeError("vLLM's server did not become healthy")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            time.sleep(0.5)
+    with healthy_process(vllm_command(VLLM_PORT), url, env, deadline_s):
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 async def one_stream(client: AsyncOpenAI, tokens: int) -> tuple[float, list[float], int]:

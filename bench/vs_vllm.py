@@ -1,8 +1,9 @@
 """Our API next to vLLM's own OpenAI server, on the same model with the same engine options,
 chat template, tool and reasoning parsers and logits processors.
 
-Starts vLLM's server, measures it, stops it; then the same with our app (`serve run
-serve_config.yaml`), never both at once. Same client for both (the official openai SDK,
+Each round starts vLLM's server, measures it, stops it; then the same with our app (`serve
+run serve_config.yaml`), never both at once; rounds alternate so that a drift in the
+machine's speed hits both sides. Same client for both (the official openai SDK,
 asyncio), fixed output length (`ignore_eos`), several rounds. Prints per round and the
 median: TTFT p50/p90 at concurrency 1, tokens/s of one stream, total tokens/s at
 concurrency 16 and 64, inter-token latency p50/p99 at 16, and our/vLLM ratios.
@@ -129,13 +130,10 @@ async def measure(url: str, tokens: int) -> dict[str, float]:
     return figures
 
 
-def run_rounds(name: str, url: str, rounds: int, tokens: int) -> list[dict[str, float]]:
-    results = []
-    for i in range(rounds):
-        figures = asyncio.run(measure(url, tokens))
-        print(f"  {name} round {i + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in figures.items()))
-        results.append(figures)
-    return results
+def measure_round(server: contextlib.AbstractContextManager, tokens: int) -> dict[str, float]:
+    """Start a server, measure it once, stop it."""
+    with server as started:
+        return asyncio.run(measure(getattr(started, "url", started), tokens))
 
 
 def main() -> int:
@@ -144,13 +142,17 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--only", choices=["ours", "vllm"])
     args = parser.parse_args()
+    servers = {"vllm": vllm_server, "ours": running_server}
     measured: dict[str, list[dict[str, float]]] = {}
-    if args.only != "ours":
-        with vllm_server() as url:
-            measured["vllm"] = run_rounds("vLLM", url, args.rounds, args.tokens)
-    if args.only != "vllm":
-        with running_server() as server:
-            measured["ours"] = run_rounds("ours", server.url, args.rounds, args.tokens)
+    # Rounds alternate (vLLM, ours, vLLM, ...), each on a freshly started server, so a drift
+    # in this machine's speed lands on both sides instead of on one.
+    for i in range(args.rounds):
+        for name, server in servers.items():
+            if args.only in (None, name):
+                figures = measure_round(server(), args.tokens)
+                cells = ", ".join(f"{k} {v:.1f}" for k, v in figures.items())
+                print(f"  {name} round {i + 1}: {cells}", flush=True)
+                measured.setdefault(name, []).append(figures)
     medians = {
         name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
         for name, rounds in measured.items()

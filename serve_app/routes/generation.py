@@ -32,8 +32,12 @@ async def _generate(
         await transcribe_parts(models, model, body.messages, rid, record.add_usage)
     payload = family.backend_body(body, model.config)
 
+    # Token streams go over Serve's gRPC data plane (`_by_reference=False`): about a third less
+    # CPU per streamed chunk in the model replica than Ray object refs (bench/vs_vllm.py).
     def call():
-        return model.handle.options(stream=True).generate.remote(endpoint, payload, rid)
+        return model.handle.options(stream=True, _by_reference=False).generate.remote(
+            endpoint, payload, rid
+        )
 
     return await run_backend(request, model, record, bool(body.stream), call)
 

@@ -13,7 +13,7 @@ export VLLM_NO_USAGE_STATS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup venv models browser serve test test-unit test-serve lint clean
+.PHONY: setup venv models browser serve test test-unit test-serve test-cluster lint clean
 
 setup: venv models
 
@@ -50,14 +50,22 @@ browser:
 	    -y -qq --no-install-recommends chromium chromium-driver fonts-liberation \
 	  || echo "==> chromium not installed: the browser test will skip"; }
 
+# Two runs: the serve suite's Ray must be gone before the cluster suite starts its own.
 test: setup browser
 	$(PY) -m pytest tests/unit tests/gpu tests/serve
+	$(PY) -m pytest tests/cluster
 
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
 test-serve: setup browser
 	$(PY) -m pytest tests/serve
+
+# The app on a local multi-node Ray cluster (cluster/local.sh: head + llm + audio nodes):
+# placement, fractional resources, autoscaling, losing a node. Uses ports 6390, 8000, 8266
+# and 8090-8102; takes down a local cluster already running.
+test-cluster: setup
+	$(PY) -m pytest tests/cluster
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -41,6 +41,11 @@ class DeploymentOptions(StrictModel):
 
     num_cpus: float = Field(1, ge=0, description="CPUs reserved per replica (fractional ok).")
     num_gpus: float = Field(0, ge=0, description="GPUs per replica; fractions share one GPU.")
+    resources: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per replica, e.g. {llm_node: 0.5}: replicas go only "
+        "to nodes that declare them (`ray start --resources`); fractions share a node's unit.",
+    )
     max_ongoing_requests: int = Field(
         ge=1, description="Requests one replica handles at once (set explicitly: Serve's 5 is low)."
     )
@@ -64,6 +69,8 @@ class DeploymentOptions(StrictModel):
         ray_actor_options: dict[str, Any] = {"num_cpus": self.num_cpus}
         if self.num_gpus:
             ray_actor_options["num_gpus"] = self.num_gpus
+        if self.resources:
+            ray_actor_options["resources"] = dict(self.resources)
         return {
             "name": name,
             "ray_actor_options": ray_actor_options,

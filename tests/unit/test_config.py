@@ -45,11 +45,16 @@ def test_fractional_gpu_is_placed():
         "id": "m",
         "family": "llm",
         "source": "s",
-        "deployment": {"num_gpus": 0.25, "max_ongoing_requests": 8},
+        "deployment": {
+            "num_gpus": 0.25,
+            "resources": {"llm_node": 0.5},
+            "max_ongoing_requests": 8,
+        },
     }
     config = AppConfig.model_validate({"models": [model]})
     options = config.models[0].deployment.to_serve_options("n")
     assert options["ray_actor_options"]["num_gpus"] == 0.25
+    assert options["ray_actor_options"]["resources"] == {"llm_node": 0.5}
 
 
 @pytest.mark.parametrize(
@@ -67,6 +72,7 @@ def test_fractional_gpu_is_placed():
             "min_replicas",
         ),
         (lambda a: a["models"][0]["deployment"].update(num_gpus=-1), "num_gpus"),
+        (lambda a: a["models"][0]["deployment"].update(resources={"x": -1}), "resources"),
         (lambda a: a.update(models=[]), "models"),
     ],
 )

@@ -1,0 +1,271 @@
+"""The app on a real multi-node Ray cluster (cluster/local.sh: head, llm and audio nodes).
+
+Placement from Ray's state API, requests through the head's proxy, two LLM replicas sharing
+one node's resource as fractional GPUs do, autoscaling under load and the loss of a node.
+Tests run in file order: the node loss comes last.
+"""
+
+import concurrent.futures
+import json
+import re
+import signal
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+from openai import OpenAI
+from ray.util.state import list_actors, list_nodes
+
+from tests.cluster.conftest import DASHBOARD, METRICS, ROOT, dashboard_headers, local, report
+
+pytestmark = pytest.mark.cluster
+
+LLM = "smollm2-135m-instruct"
+# Each deployment and the custom resource of the node kind it must land on.
+PLACEMENT = {
+    "ingress": "head_node",
+    "rate-limiter": "head_node",
+    f"llm-{LLM}": "llm_node",
+    "whisper-whisper-base": "audio_node",
+    "whisper-whisper-tiny-en": "audio_node",
+    "audio-preprocessor": "audio_node",
+}
+SPEECH = (ROOT / "tests/fixtures/speech_en.wav").read_bytes()
+
+
+def replicas() -> dict[str, list[dict]]:
+    """Live replica actors by deployment name, each with its node's resources."""
+    nodes = {n.node_id: n.resources_total for n in list_nodes(address=DASHBOARD, detail=True)}
+    found: dict[str, list[dict]] = {}
+    for actor in list_actors(
+        address=DASHBOARD, filters=[("state", "=", "ALIVE")], detail=True, limit=1000
+    ):
+        match = re.fullmatch(r"ServeReplica:openai:(.+)", actor.class_name)
+        if match:
+            entry = {"node_id": actor.node_id, "resources": nodes.get(actor.node_id, {})}
+            found.setdefault(match.group(1), []).append(entry)
+    return found
+
+
+def replica_counts() -> dict[str, int]:
+    """RUNNING replicas per deployment, from Serve's REST API on the dashboard."""
+    url = f"{DASHBOARD}/api/serve/applications/"
+    body = httpx.get(url, headers=dashboard_headers(), timeout=10).json()
+    deployments = body["applications"]["openai"]["deployments"]
+    return {
+        name: sum(r["state"] == "RUNNING" for r in d["replicas"]) for name, d in deployments.items()
+    }
+
+
+def wait_until(predicate, deadline_s: float, what: str):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            result = predicate()
+        except Exception:
+            result = None
+        if result:
+            return result
+        time.sleep(1)
+    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
+
+
+def transcribe(http: httpx.Client, model: str = "whisper-base") -> httpx.Response:
+    files = {"file": ("speech.wav", SPEECH)}
+    return http.post("/v1/audio/transcriptions", files=files, data={"model": model})
+
+
+def test_every_deployment_lands_on_the_node_its_resource_names(cluster):
+    placed = replicas()
+    for deployment, resource in PLACEMENT.items():
+        assert placed.get(deployment), f"no live replica of {deployment}"
+        for replica in placed[deployment]:
+            assert resource in replica["resources"], (deployment, replica)
+    report("placement: " + ", ".join(f"{d} -> {r}" for d, r in PLACEMENT.items()))
+
+
+def test_chat_and_audio_answer_through_the_head_proxy(cluster, http):
+    client = OpenAI(base_url=f"{cluster}/v1", api_key="none", max_retries=0)
+    reply = client.chat.completions.create(
+        model=LLM, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
+    )
+    assert reply.choices[0].message.content
+    text = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(
+            model=LLM, messages=[{"role": "user", "content": "Count."}], max_tokens=8, stream=True
+        )
+        if chunk.choices
+    )
+    assert text
+    with open(ROOT / "tests/fixtures/speech_en.wav", "rb") as audio:
+        result = client.audio.transcriptions.create(model="whisper-1", file=audio)
+    assert "fox" in result.text.lower()
+
+
+def test_two_llm_replicas_share_the_llm_node_and_both_serve(cluster):
+    (node,) = {r["node_id"] for r in replicas()[f"llm-{LLM}"]}  # one node holds both
+    llm = replicas()[f"llm-{LLM}"]
+    assert len(llm) == 2 and llm[0]["resources"]["llm_node"] == 1  # 0.5 + 0.5 = the node
+    assert node
+    client = OpenAI(base_url=f"{cluster}/v1", api_key="none", max_retries=0)
+
+    def chat(_: int) -> str:
+        reply = client.chat.completions.create(
+            model=LLM,
+            messages=[{"role": "user", "content": "Tell me a story."}],
+            max_tokens=24,
+            extra_body={"ignore_eos": True},
+        )
+        return reply.choices[0].message.content
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(chat, range(16)))
+
+    def served_by() -> dict[str, float]:
+        text = httpx.get(f"http://127.0.0.1:{METRICS['llm']}/metrics", timeout=10).text
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("ray_serve_deployment_request_counter_total{") and (
+                f'deployment="llm-{LLM}"' in line
+            ):
+                replica = re.search(r'replica="([^"]+)"', line).group(1)
+                counts[replica] = counts.get(replica, 0) + float(line.rsplit(" ", 1)[1])
+        return counts if len([c for c in counts.values() if c > 0]) == 2 else {}
+
+    counts = wait_until(served_by, 60, "requests counted on both LLM replicas")
+    report(f"fractional: 2 LLM replicas on one llm node, requests per replica {counts}")
+
+
+@pytest.mark.timeout(900)
+def test_ingress_and_whisper_scale_up_under_load_and_back_down(cluster, http):
+    """Load the ingress (chat streams) and whisper-base (transcriptions) past their targets;
+    both reach max_replicas, nothing fails, and both return to min_replicas afterwards."""
+    deployments = ("ingress", "whisper-whisper-base")
+    timeline: list[tuple[float, dict[str, int]]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def watch() -> None:
+        while not stop.is_set():
+            counts = replica_counts()
+            timeline.append((time.monotonic() - start, {d: counts[d] for d in deployments}))
+            time.sleep(2)
+
+    def load(kind: str) -> int:
+        done = 0
+        with httpx.Client(base_url=cluster, timeout=300) as client:
+            while not stop.is_set():
+                if kind == "audio":
+                    response = transcribe(client)
+                else:
+                    body = {
+                        "model": LLM,
+                        "messages": [{"role": "user", "content": "Write a long story."}],
+                        "max_tokens": 48,
+                        "stream": True,
+                    }
+                    response = client.post("/v1/chat/completions", json=body)
+                if response.status_code != 200 or b"error" in response.content[-300:]:
+                    failures.append(f"{kind} {response.status_code} {response.text[:200]}")
+                done += 1
+        return done
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    scaled_up = None
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        workers = [pool.submit(load, "chat") for _ in range(12)]
+        workers += [pool.submit(load, "audio") for _ in range(6)]
+        try:
+            wait_until(
+                lambda: timeline and all(timeline[-1][1][d] == 2 for d in deployments),
+                240,
+                "ingress and whisper-base at max_replicas",
+            )
+            scaled_up = time.monotonic() - start
+            time.sleep(10)  # keep the load on the scaled-up deployments for a while
+        finally:
+            stop_load_at = time.monotonic() - start
+            stop.set()
+            completed = sum(w.result() for w in workers)
+    stop.clear()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        wait_until(
+            lambda: all(timeline[-1][1][d] == 1 for d in deployments),
+            180,
+            "ingress and whisper-base back at min_replicas",
+        )
+    finally:
+        stop.set()
+    scaled_down = time.monotonic() - start
+    changes = [
+        f"{t:5.0f}s {c}" for i, (t, c) in enumerate(timeline) if i == 0 or c != timeline[i - 1][1]
+    ]
+    report(
+        f"autoscaling: {completed} requests, {len(failures)} failed; at max after "
+        f"{scaled_up:.0f}s, load stopped at {stop_load_at:.0f}s, back at min at "
+        f"{scaled_down:.0f}s; replicas over time: " + "; ".join(changes)
+    )
+    assert not failures, failures[:5]
+
+
+def test_losing_the_audio_node_fails_fast_and_recovers_when_one_returns(cluster, http):
+    """SIGKILL the audio node's raylet with transcriptions in flight: they end quickly with
+    5xx envelopes, /health names Whisper not ready while chat still works, and a new node
+    with ``audio_node`` brings the speech models back."""
+    (audio_node,) = {r["node_id"] for r in replicas()["whisper-whisper-base"]}
+    raylet = next(
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "raylet" in " ".join(p.info["cmdline"] or [])
+        and f"--node_id={audio_node}" in " ".join(p.info["cmdline"] or [])
+    )
+    long_clip = {"file": ("long.wav", _minute_clip())}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        pending = [
+            pool.submit(http.post, "/v1/audio/transcriptions", files=long_clip, data={"model": m})
+            for m in ("whisper-base", "whisper-base", "whisper-tiny.en")
+        ]
+        time.sleep(3)  # decoding done, windows being transcribed
+        raylet.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        responses = [p.result(timeout=120) for p in pending]
+        ended = time.monotonic() - killed
+    for response in responses:
+        assert response.status_code >= 500, response.text
+        assert set(json.loads(response.text)["error"]) >= {"message", "type", "code", "param"}
+    assert ended < 60
+
+    def health_names_whisper_down() -> dict | None:
+        response = http.get("/health", timeout=30)
+        body = response.json()
+        ok = response.status_code == 503 and not body["models"]["whisper-base"]["ready"]
+        return body if ok and body["models"][LLM]["ready"] else None
+
+    health = wait_until(health_names_whisper_down, 90, "/health naming Whisper not ready")
+    down_at = time.monotonic() - killed
+    chat = {"model": LLM, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    assert http.post("/v1/chat/completions", json=chat).status_code == 200
+
+    local("add-node", "audio", str(METRICS["audio"] + 10))
+    returned = time.monotonic() - killed
+    wait_until(lambda: transcribe(http).status_code == 200, 300, "Whisper on the new node")
+    recovered = time.monotonic() - killed
+    wait_until(lambda: http.get("/health", timeout=30).status_code == 200, 120, "/health 200")
+    report(
+        f"node loss: in-flight transcriptions ended {[r.status_code for r in responses]} "
+        f"{ended:.1f}s after the kill; /health {health['models']} at {down_at:.0f}s; new audio "
+        f"node at {returned:.0f}s; transcription works again at {recovered:.0f}s"
+    )
+
+
+def _minute_clip() -> bytes:
+    from bench.speech_bench import minute_clip
+
+    return minute_clip(300)

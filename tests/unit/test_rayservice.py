@@ -1,0 +1,90 @@
+"""cluster/rayservice.yaml against KubeRay's RayService CRD schema (cluster/schema/), and its
+serve config against the one the cluster tests deploy."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from serve_app.config import AppConfig
+
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
+SCHEMA = json.loads((CLUSTER / "schema" / "rayservice-v1.schema.json").read_text())
+
+
+def manifest() -> dict[str, Any]:
+    return yaml.safe_load((CLUSTER / "rayservice.yaml").read_text())
+
+
+def problems(document: dict[str, Any]) -> list[str]:
+    """Schema errors, plus fields the schema does not know (Kubernetes would silently drop
+    them, or refuse them under `kubectl apply --validate=strict`)."""
+    found = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in jsonschema.Draft7Validator(SCHEMA).iter_errors(document)
+    ]
+    found += unknown_fields(document, SCHEMA, "")
+    return found
+
+
+def unknown_fields(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if isinstance(value, dict):
+        known = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        found = []
+        for key, item in value.items():
+            if known is not None and key in known:
+                found += unknown_fields(item, known[key], f"{path}/{key}")
+            elif isinstance(extra, dict):
+                found += unknown_fields(item, extra, f"{path}/{key}")
+            elif known is not None:
+                found.append(f"{path}/{key}: unknown field")
+        return found
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [p for i, v in enumerate(value) for p in unknown_fields(v, schema["items"], path)]
+    return []
+
+
+def test_rayservice_matches_the_crd_schema():
+    assert problems(manifest()) == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda m: m["spec"].update(serveConfig="x"), "spec/serveConfig: unknown field"),
+        (
+            lambda m: m["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].update(replicas="1"),
+            "is not of type 'integer'",
+        ),
+        (lambda m: m["spec"]["rayClusterConfig"].pop("headGroupSpec"), "headGroupSpec"),
+    ],
+)
+def test_the_schema_check_catches_a_broken_manifest(mutate, needle):
+    broken = manifest()
+    mutate(broken)
+    assert any(needle in p for p in problems(broken)), problems(broken)
+
+
+def test_rayservice_serves_the_cluster_tests_config_on_nodes_with_its_resources():
+    spec = manifest()["spec"]
+    serve_config = yaml.safe_load(spec["serveConfigV2"])
+    local = yaml.safe_load((CLUSTER / "serve_config.local.yaml").read_text())
+    assert serve_config["applications"] == local["applications"]
+    (app,) = serve_config["applications"]
+    args = AppConfig.model_validate(app["args"])  # what Serve checks at deploy time
+    cluster = spec["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    declared = set()
+    for group in groups:
+        # rayStartParams.resources is the quoted JSON `ray start --resources` takes.
+        declared |= set(json.loads(json.loads(group["rayStartParams"]["resources"])))
+    options = [args.ingress, args.rate_limiter, args.audio.deployment]
+    options += [m.deployment for m in args.models]
+    used = {name for o in options for name in o.resources}
+    assert used == declared == {"head_node", "llm_node", "audio_node"}

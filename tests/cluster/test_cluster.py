@@ -18,7 +18,9 @@ import pytest
 from openai import OpenAI
 from ray.util.state import list_actors, list_nodes
 
+from bench.speech_bench import minute_clip
 from tests.cluster.conftest import DASHBOARD, METRICS, ROOT, dashboard_headers, local, report
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -57,19 +59,6 @@ def replica_counts() -> dict[str, int]:
     return {
         name: sum(r["state"] == "RUNNING" for r in d["replicas"]) for name, d in deployments.items()
     }
-
-
-def wait_until(predicate, deadline_s: float, what: str):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            result = predicate()
-        except Exception:
-            result = None
-        if result:
-            return result
-        time.sleep(1)
-    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}")
 
 
 def transcribe(http: httpx.Client, model: str = "whisper-base") -> httpx.Response:
@@ -221,7 +210,7 @@ def test_losing_the_audio_node_fails_fast_and_recovers_when_one_returns(cluster,
         if "raylet" in " ".join(p.info["cmdline"] or [])
         and f"--node_id={audio_node}" in " ".join(p.info["cmdline"] or [])
     )
-    long_clip = {"file": ("long.wav", _minute_clip())}
+    long_clip = {"file": ("long.wav", minute_clip(300))}
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         pending = [
             pool.submit(http.post, "/v1/audio/transcriptions", files=long_clip, data={"model": m})
@@ -258,9 +247,3 @@ def test_losing_the_audio_node_fails_fast_and_recovers_when_one_returns(cluster,
         f"{ended:.1f}s after the kill; /health {health['models']} at {down_at:.0f}s; new audio "
         f"node at {returned:.0f}s; transcription works again at {recovered:.0f}s"
     )
-
-
-def _minute_clip() -> bytes:
-    from bench.speech_bench import minute_clip
-
-    return minute_clip(300)

@@ -15,6 +15,7 @@ from ray import serve
 
 from bench.speech_bench import minute_clip
 from tests.serve.conftest import ROOT, session_args
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
 
@@ -35,19 +36,6 @@ def engine_cores() -> list[psutil.Process]:
 
 def _title(process: psutil.Process) -> str:
     return " ".join(process.info["cmdline"] or [])
-
-
-def wait_until(predicate, deadline_s: float, what: str):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            result = predicate()
-        except Exception:
-            result = None
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def chat_ok(http: httpx.Client) -> bool:

@@ -5,7 +5,9 @@ minute of audio for each container (PyAV + soxr, in process); the real-time fact
 (processing seconds / audio seconds) of a transcription through `serve run` with the
 official openai SDK; the same on faster-whisper called directly with the config's options;
 and their ratio; then 8 five-second clips one after another vs all at once through the API,
-with the batch sizes the Whisper replica reached. Figures, not assertions.
+with the batch sizes the Whisper replica reached; then, in process, what batching can gain at
+most: a window's encoder and decoder seconds alone and in a batch of 8. Figures, not
+assertions.
 
     .venv/bin/python -m bench.speech_bench [--runs 3] [--model whisper-base]
 """
@@ -74,6 +76,37 @@ def concurrent_clips(server, client: OpenAI, model: str, runs: int, n: int = 8) 
     return "\n".join(lines)
 
 
+def batching_ceiling(engine, runs: int, n: int = 8) -> str:
+    """Seconds per 30-second window (a 5-second clip, padded as Whisper pads it) for the
+    encoder and for the whole decode, one window per call vs ``n`` in one call: what
+    cross-request batching can save at most on this machine."""
+    clip = decode_audio(minute_clip(5.0))
+    windows = []
+
+    def keep(batch):  # the request's windows, as the deployment's batcher would get them
+        windows.extend(batch)
+        return engine.decode_windows(batch)
+
+    transcript = engine.transcribe(
+        clip, task="transcribe", language=None, prompt=None, temperature=None,
+        word_timestamps=False, decode=keep,
+    )  # fmt: skip
+    list(transcript.segments)
+    window = windows[0]
+    per_window = {}
+    for size in (1, n):
+        features = np.stack([window.features] * size)
+        encode = timed(lambda f=features: engine.model.encode(f), runs) / size
+        whole = timed(lambda s=size: engine.decode_windows([window] * s), runs) / size
+        per_window[size] = (encode, whole - encode)
+    lines = [f"seconds per window, in process (median of {runs}):"]
+    for size, (encode, decode) in per_window.items():
+        lines.append(f"  {size} per call: encoder {encode:.3f}, decoder {decode:.3f}")
+    alone, batched = (sum(per_window[size]) for size in (1, n))
+    lines.append(f"  most that batching {n} windows can gain: {alone / batched:.2f}x")
+    return "\n".join(lines)
+
+
 def batch_histogram(server, model: str) -> dict[str, float]:
     """Count of the replicas' model calls per batch-size bucket (``le``)."""
     samples = server.metric("ray_whisper_batch_size_bucket", model=model)
@@ -128,6 +161,7 @@ def main() -> int:
     print(f"  faster-whisper directly on decoded samples:     {local / seconds:.3f}")
     print(f"  API / direct: {api / local:.2f}")
     print(batching)
+    print(batching_ceiling(engine, args.runs))
     return 0
 
 

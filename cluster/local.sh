@@ -31,7 +31,6 @@ HTTP=http://127.0.0.1:8000
 export SERVE_APP_MODELS_DIR=${SERVE_APP_MODELS_DIR:-$ROOT/models}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0
 export SERVE_APP_API_KEYS=${SERVE_APP_API_KEYS-}  # unset: no keys, as `make serve`
-export RAY_SERVE_USE_GRPC_BY_DEFAULT=1  # handle calls over gRPC, as serve_app/launch.py (RAY_ENV)
 # Ray's token authentication, one token for every node and CLI call of this cluster (the
 # dashboard's HTTP API wants it too: `Authorization: Bearer $(cat $DIR/auth_token)`).
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$DIR/auth_token

@@ -55,6 +55,14 @@ def stream_once(
     return first, (tokens - 1) / (total - first)
 
 
+def scrape(metrics_url: str) -> list:
+    """Every sample of one scrape of a Prometheus endpoint (prometheus_client's ``Sample``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(metrics_url).text
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
 @dataclass
 class Server:
     url: str
@@ -65,14 +73,11 @@ class Server:
     def metric(self, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
         """The samples of ``name`` (e.g. ``ray_serve_actual_batch_size_bucket``) carrying
         ``labels``, from one scrape."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        found = []
-        for family in text_string_to_metric_families(httpx.get(self.metrics_url).text):
-            for sample in family.samples:
-                if sample.name == name and labels.items() <= sample.labels.items():
-                    found.append((sample.labels, sample.value))
-        return found
+        return [
+            (sample.labels, sample.value)
+            for sample in scrape(self.metrics_url)
+            if sample.name == name and labels.items() <= sample.labels.items()
+        ]
 
     def memory_mib(self) -> float:
         """Proportional set size (shared pages split between sharers) of `serve run` and

@@ -26,10 +26,9 @@ import sys
 import time
 from collections.abc import Iterator
 
-import httpx
 from openai import AsyncOpenAI
 
-from bench.server import ROOT, STORY, engine_options, healthy_process, running_server
+from bench.server import ROOT, STORY, engine_options, healthy_process, running_server, scrape
 from deployments.llm import reasoning
 from deployments.llm.engine import template_path
 
@@ -113,16 +112,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def engine_ttft(metrics_url: str) -> tuple[float, float]:
-    """(sum of seconds, count) of the engine's time-to-first-token histogram."""
-    from prometheus_client.parser import text_string_to_metric_families
-
+    """(sum of seconds, count) of the engine's time-to-first-token histogram (vLLM's server
+    names it ``vllm:...``, Ray's export ``ray_vllm_...``)."""
     totals = {"sum": 0.0, "count": 0.0}
-    for family in text_string_to_metric_families(httpx.get(metrics_url).text):
-        if family.name.endswith("time_to_first_token_seconds"):
-            for sample in family.samples:
-                kind = sample.name.rsplit("_", 1)[-1]
-                if kind in totals:
-                    totals[kind] += sample.value
+    for sample in scrape(metrics_url):
+        for kind in totals:
+            if sample.name.endswith(f"time_to_first_token_seconds_{kind}"):
+                totals[kind] += sample.value
     return totals["sum"], totals["count"]
 
 

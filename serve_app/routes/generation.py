@@ -33,7 +33,8 @@ async def _generate(
     payload = family.backend_body(body, model.config)
 
     # Token streams go over Serve's gRPC data plane (`_by_reference=False`): about a third less
-    # CPU per streamed chunk in the model replica than Ray object refs (bench/vs_vllm.py).
+    # CPU per streamed chunk in the model replica than Ray object refs (measured per process
+    # under bench/vs_vllm.py's load).
     def call():
         return model.handle.options(stream=True, _by_reference=False).generate.remote(
             endpoint, payload, rid

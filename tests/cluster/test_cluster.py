@@ -18,6 +18,7 @@ import pytest
 from openai import OpenAI
 from ray.util.state import list_actors, list_nodes
 
+from bench.server import scrape
 from bench.speech_bench import minute_clip
 from tests.cluster.conftest import DASHBOARD, METRICS, ROOT, dashboard_headers, local, report
 from tests.waiting import wait_until
@@ -59,6 +60,16 @@ def replica_counts() -> dict[str, int]:
     return {
         name: sum(r["state"] == "RUNNING" for r in d["replicas"]) for name, d in deployments.items()
     }
+
+
+def whisper_in_progress() -> float:
+    """Transcriptions whisper-base's replicas on the audio node report as running."""
+    samples = scrape(f"http://127.0.0.1:{METRICS['audio']}/metrics")
+    return sum(
+        s.value
+        for s in samples
+        if s.name == "ray_whisper_requests_in_progress" and s.labels.get("model") == "whisper-base"
+    )
 
 
 def transcribe(http: httpx.Client, model: str = "whisper-base") -> httpx.Response:
@@ -210,13 +221,17 @@ def test_losing_the_audio_node_fails_fast_and_recovers_when_one_returns(cluster,
         if "raylet" in " ".join(p.info["cmdline"] or [])
         and f"--node_id={audio_node}" in " ".join(p.info["cmdline"] or [])
     )
-    long_clip = {"file": ("long.wav", minute_clip(300))}
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    long_clip = {"file": ("long.wav", minute_clip(600))}  # 20 windows: about half a minute
+    body = {"model": "whisper-base"}
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
         pending = [
-            pool.submit(http.post, "/v1/audio/transcriptions", files=long_clip, data={"model": m})
-            for m in ("whisper-base", "whisper-base", "whisper-tiny.en")
+            pool.submit(http.post, "/v1/audio/transcriptions", files=long_clip, data=body)
+            for _ in range(3)
         ]
-        time.sleep(3)  # decoding done, windows being transcribed
+        # Decoded and being transcribed (the replica's gauge, exported every 10 s), not still
+        # uploading or decoding: a call that has not reached a Whisper replica when the node
+        # goes waits for a new replica until the request timeout instead.
+        wait_until(lambda: whisper_in_progress() == 3, 30, "three transcriptions running")
         raylet.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         responses = [p.result(timeout=120) for p in pending]

@@ -99,7 +99,11 @@ def test_llm_replica_killed_under_load_recovers(http: httpx.Client):
     (new_pid,) = replica_pids(LLM_DEPLOYMENT)
     assert new_pid != pid
     # The dead replica's engine core went with it: one engine core per live replica.
-    wait_until(lambda: len(engine_cores()) == 1, 30, "the orphaned engine core to exit")
+    try:
+        wait_until(lambda: len(engine_cores()) == 1, 30, "the orphaned engine core to exit")
+    except AssertionError as exc:  # say which processes were left (pid, parent, state)
+        left = [(p.pid, p.ppid(), p.status()) for p in engine_cores()]
+        raise AssertionError(f"{exc}; engine cores: {left}") from None
 
 
 def test_whisper_replica_killed_mid_request_recovers(http: httpx.Client):

@@ -2,7 +2,7 @@
 # A multi-node Ray cluster on this machine: a head and two worker nodes, each its own raylet
 # with its own ports (as Ray's own multi-node tests run), each declaring what it is for:
 #
-#   head    head_node: 1   controller, HTTP proxy (:8000), ingress, rate limiter
+#   head    head_node: 1   controller, HAProxy (:8000), ingress, rate limiter
 #   llm     llm_node: 1    vLLM replicas (0.5 each: two share the node, like num_gpus: 0.5)
 #   audio   audio_node: 1  Whisper replicas and the audio decode pool
 #
@@ -31,6 +31,8 @@ HTTP=http://127.0.0.1:8000
 export SERVE_APP_MODELS_DIR=${SERVE_APP_MODELS_DIR:-$ROOT/models}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0
 export SERVE_APP_API_KEYS=${SERVE_APP_API_KEYS-}  # unset: no keys, as `make serve`
+# HTTP through HAProxy to the ingress replicas, as serve_app/launch.py (RAY_ENV)
+export RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_TUNE_BUFSIZE=131072
 # Ray's token authentication, one token for every node and CLI call of this cluster (the
 # dashboard's HTTP API wants it too: `Authorization: Bearer $(cat $DIR/auth_token)`).
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$DIR/auth_token

@@ -135,9 +135,10 @@ def registry(request: Request) -> ModelRegistry:
 
 
 def request_id_of(request: Request) -> str:
-    """The request id Serve's proxy assigned (or the client sent as ``x-request-id``).
+    """The request id Serve assigned (or the client sent as ``x-request-id``).
 
-    Serve's proxy sets the header on every request and echoes it on every response; outside
+    Serve's HTTP server in the ingress replica (behind HAProxy; or Serve's Python proxy) sets
+    the header on every request and echoes it on every response; outside
     Serve (unit tests) a fresh id is made once per request.
     """
     request_id = request.headers.get("x-request-id") or getattr(request.state, "request_id", "")

@@ -87,6 +87,9 @@ def base_url() -> Iterator[str]:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from serve_app.launch import RAY_ENV  # as `make serve` runs it
+
+    os.environ.update(RAY_ENV)
 
     import ray
     from ray import serve

@@ -88,3 +88,21 @@ def test_rayservice_serves_the_cluster_tests_config_on_nodes_with_its_resources(
     options += [m.deployment for m in args.models]
     used = {name for o in options for name in o.resources}
     assert used == declared == {"head_node", "llm_node", "audio_node"}
+
+
+def test_every_cluster_launcher_sets_the_ray_environment_make_serve_sets():
+    """RAY_ENV (HAProxy in front of the ingress) must reach every node's Ray processes."""
+    from serve_app.launch import RAY_ENV
+
+    pods = manifest()["spec"]["rayClusterConfig"]
+    groups = [pods["headGroupSpec"], *pods["workerGroupSpecs"]]
+    for group in groups:
+        (container,) = group["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert RAY_ENV.items() <= env.items(), group.get("groupName", "head")
+    assignments = " ".join(f"{name}={value}" for name, value in RAY_ENV.items())
+    launcher = yaml.safe_load((CLUSTER / "ray-cluster.yaml").read_text())
+    for command in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]:
+        if "ray start" in command:
+            assert command.startswith(assignments), command
+    assert f"export {assignments}" in (CLUSTER / "local.sh").read_text()

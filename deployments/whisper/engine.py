@@ -1,27 +1,48 @@
 """The one module that imports faster-whisper.
 
-Transcriptions run as faster-whisper's batched pipeline (``BatchedInferencePipeline``): a
-request's audio is cut into windows of at most 30 s (at speech pauses with the VAD, else
-every 30 s), and its windows are decoded one after another by ``decode``: the deployment's
-batcher, which hands the windows of concurrent requests to ``decode_windows`` as one batch.
-As in that pipeline, a window is decoded at one temperature (no fallback) and without the
-previous window's text as prompt.
+A transcription walks its audio in 30-second windows as faster-whisper's own sequential
+``transcribe`` does: with the VAD on, over the detected speech put end to end (pauses of 2 s
+or more removed), timestamps mapped back afterwards; each window is prompted with the text
+decoded so far (except a last window under a second, which Whisper tends to fill with a
+repeat of its prompt); a decoding that looks failed (repetitive or improbable) is done again at
+rising temperatures; a window that holds no speech gives no segments. When the decoder stops
+at a timestamp before the end of its window (Whisper's way of saying the speech after it
+runs on past the window), the next window starts at that timestamp, so that speech is
+decoded with what follows instead of being lost.
 
-When the request names no language, each window's language is detected from the encoder
-output its decoding uses anyway (faster-whisper's per-window detection), instead of a
-separate encoder pass over the first 30 s; the request reports its first window's language.
+The windows go to ``decode``: the deployment's batcher, which hands the windows of
+concurrent requests to ``decode_windows`` together, one encoder and one decoder call per
+group of windows that share task, language and options (their prompts may differ).
+
+When the request names no language, the first window's language is detected from the
+encoder output its decoding uses anyway, and the request's later windows use that language.
 """
 
-import copy
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import ctranslate2
 import numpy as np
-from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper import WhisperModel
+from faster_whisper.audio import pad_or_trim
+from faster_whisper.feature_extractor import FeatureExtractor
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import (
+    Segment,
+    TranscriptionOptions,
+    Word,
+    get_compression_ratio,
+    get_suppressed_tokens,
+    restore_speech_timestamps,
+)
+from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
 
 CHUNK_S = 30  # Whisper's window
+FALLBACK_TEMPERATURES = [0.2, 0.4, 0.6, 0.8, 1.0]
+PROMPT_TOKENS = 223  # of the text so far: what faster-whisper's ``get_prompt`` keeps
 
 
 @dataclass(slots=True)
@@ -35,57 +56,35 @@ class Transcript:
 
 @dataclass(slots=True)
 class Window:
-    """Up to 30 s of one request's audio, ready for the decoder: log-mel features and what
-    faster-whisper's batched ``forward`` needs with them. Windows batch together when they
-    share ``key`` (task, language and decoding options)."""
+    """Up to 30 s of one request's audio, ready for the decoder. Windows batch together when
+    they share ``key`` (task, language and decoding options)."""
 
-    features: np.ndarray  # (n_mels, 3000)
-    metadata: dict[str, Any]  # offset and duration in the request's audio
-    tokenizer: Any
-    options: Any  # faster-whisper's TranscriptionOptions
-    key: tuple
+    task: str  # transcribe or translate
+    features: np.ndarray  # (n_mels, 3000) log-mel
+    offset_s: float  # where the window starts in the audio the request walks
+    duration_s: float  # audio in the window (the rest of the features is padding)
+    tokenizer: Tokenizer
+    options: TranscriptionOptions  # multilingual: detect the language from this window
+    previous: list[int] = field(default_factory=list)  # prompt: the text so far, as tokens
+    last_speech_s: float = 0.0  # end of the request's last word so far (word timestamps)
+
+    @property
+    def key(self) -> tuple:
+        return (self.task, self.tokenizer.language_code, repr(self.options))
 
 
-Decoded = tuple[list[dict[str, Any]], str | None]  # a window's segments, detected language
+@dataclass(slots=True)
+class Decoded:
+    """A window's segments (faster-whisper's dicts, times in the walked audio), the language
+    detected from it (if asked), and how many of its feature frames (10 ms each) those
+    segments account for: the next window starts there."""
+
+    segments: list[dict[str, Any]]
+    language: str | None
+    consumed_frames: int
+
+
 Decode = Callable[[list[Window]], list[Decoded]]
-
-
-class _RequestPipeline(BatchedInferencePipeline):
-    """faster-whisper's batched pipeline for one request, whose windows go to ``decode``."""
-
-    def __init__(self, model: WhisperModel, decode: Decode, transcript: Transcript) -> None:
-        super().__init__(model)
-        self.decode = decode
-        self.transcript = transcript
-        self.detected = False
-
-    def forward(self, features, tokenizer, chunks_metadata, options):  # noqa: ANN001, ANN201
-        options_key = repr(dataclasses.replace(options, clip_timestamps=None))
-        key = (tokenizer.task, tokenizer.language, options_key)
-        windows = [
-            Window(f, meta, tokenizer, options, key)
-            for f, meta in zip(features, chunks_metadata, strict=True)
-        ]
-        decoded = self.decode(windows)
-        for _, language in decoded:
-            if language and not self.detected:
-                self.transcript.language, self.detected = language, True
-        return [segments for segments, _ in decoded]
-
-
-class _LanguageRecorder:
-    """The CTranslate2 model, keeping what its last ``detect_language`` call found."""
-
-    def __init__(self, model: Any) -> None:
-        self._model = model
-        self.detected: list[Any] = []
-
-    def detect_language(self, encoder_output: Any) -> list[Any]:
-        self.detected = self._model.detect_language(encoder_output)
-        return self.detected
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
 
 
 class WhisperEngine:
@@ -101,15 +100,19 @@ class WhisperEngine:
             cpu_threads=options.get("cpu_threads", 0),
             local_files_only=True,
         )
-        # The decoder's view of the model records per-window language detections.
-        self._languages = _LanguageRecorder(self.model.model)
-        decoder_model = copy.copy(self.model)
-        decoder_model.model = self._languages
-        self._decoder = BatchedInferencePipeline(decoder_model)
+        self._tokenizers: dict[tuple[str, str], Tokenizer] = {}
 
     @property
     def multilingual(self) -> bool:
         return self.model.model.is_multilingual
+
+    def tokenizer(self, task: str, language: str) -> Tokenizer:
+        key = (task, language)
+        if key not in self._tokenizers:
+            self._tokenizers[key] = Tokenizer(
+                self.model.hf_tokenizer, self.multilingual, task=task, language=language
+            )
+        return self._tokenizers[key]
 
     def transcribe(
         self,
@@ -122,58 +125,170 @@ class WhisperEngine:
         word_timestamps: bool,
         decode: Decode | None = None,
     ) -> Transcript:
-        """Prepare a transcription (VAD, windows, features); its segments come lazily, each
-        window decoded by ``decode`` (default: ``decode_windows``)."""
+        """Find the speech (VAD); its segments come lazily, window after window, each window
+        decoded by ``decode`` (default: ``decode_windows``)."""
         rate = self.model.feature_extractor.sampling_rate
-        duration = len(audio) / rate
-        clips = None
-        if not self.vad_filter:  # fixed windows (with the VAD the pipeline cuts at pauses)
-            clips = [
-                {"start": start, "end": min(start + CHUNK_S, duration)}
-                for start in range(0, max(1, int(np.ceil(duration))), CHUNK_S)
-            ]
-        # No language given: detect it per window, in the batch (see the module's docstring).
-        detect = language is None and self.multilingual
-        transcript = Transcript(language or "en", duration, iter(()))
-        pipeline = _RequestPipeline(self.model, decode or self.decode_windows, transcript)
-        segments, _ = pipeline.transcribe(
-            audio,
-            task=task,
-            language="en" if detect else language,  # a placeholder each window replaces
-            multilingual=detect,
-            initial_prompt=prompt or None,
+        transcript = Transcript(language or "en", len(audio) / rate, iter(()))
+        speech_chunks = None
+        if self.vad_filter:  # walk the speech alone, put end to end
+            speech_chunks = get_speech_timestamps(audio, VadOptions(), rate)
+            audio = collect_chunks(audio, speech_chunks, rate)[0][0]
+        tokenizer = self.tokenizer(task, language or "en")  # "en": detected, then replaced
+        options = _options(
+            tokenizer,
             beam_size=self.beam_size,
             temperature=temperature or 0.0,
-            vad_filter=self.vad_filter,
-            clip_timestamps=clips,
             word_timestamps=word_timestamps,
-            without_timestamps=False,  # timestamp tokens: segments within a window
-            batch_size=1,  # one window at a time per request: a cancelled one stops between
+            detect=language is None and self.multilingual,
         )
-        transcript.segments = map(_segment_dict, segments)
+        first = Window(task, np.empty(0), 0.0, 0.0, tokenizer, options)
+        if prompt and prompt.strip():
+            first.previous = tokenizer.encode(" " + prompt.strip())
+        segments = self._walk(audio, transcript, first, decode or self.decode_windows)
+        if speech_chunks:
+            segments = restore_speech_timestamps(segments, speech_chunks, rate)
+        transcript.segments = (_segment_dict(i, s) for i, s in enumerate(segments))
         return transcript
+
+    def _walk(
+        self, audio: np.ndarray, transcript: Transcript, settings: Window, decode: Decode
+    ) -> Iterator[Segment]:
+        """Decode ``audio`` window after window (see the module's docstring); ``settings``
+        holds what the next window gets besides its audio."""
+        features = log_mel(self.model.feature_extractor, audio)
+        content_frames, per_second = features.shape[-1] - 1, self.model.frames_per_second
+        seek = 0
+        while seek < content_frames:
+            size = min(content_frames - seek, CHUNK_S * per_second)
+            window = dataclasses.replace(
+                settings,
+                features=pad_or_trim(features[:, seek : seek + size]),
+                offset_s=seek / per_second,
+                duration_s=size / per_second,
+            )
+            (decoded,) = decode([window])
+            if settings.options.multilingual:  # the first window tells the language
+                transcript.language = decoded.language or "en"
+                settings.tokenizer = self.tokenizer(settings.task, transcript.language)
+                settings.options = dataclasses.replace(settings.options, multilingual=False)
+            for segment in decoded.segments:
+                if segment["temperature"] > settings.options.prompt_reset_on_temperature:
+                    settings.previous = []  # as faster-whisper: a shaky text prompts nothing
+                settings.previous = [*settings.previous, *segment["tokens"]][-PROMPT_TOKENS:]
+                if segment["words"]:
+                    settings.last_speech_s = segment["words"][-1]["end"]
+                yield _segment(segment)
+            consumed = decoded.consumed_frames
+            seek += min(consumed, size) if consumed > 0 else size  # 0: never stall
 
     def decode_windows(self, windows: list[Window]) -> list[Decoded]:
         """Decode windows of any requests: one encoder/decoder batch per group of windows
-        sharing a ``key``. Returns each window's segments and detected language, in order."""
+        sharing a ``key``. Returns each window's ``Decoded``, in order."""
         results: list[Decoded | None] = [None] * len(windows)
         groups: dict[tuple, list[int]] = {}
         for i, window in enumerate(windows):
             groups.setdefault(window.key, []).append(i)
         for indices in groups.values():
-            first = windows[indices[0]]
-            self._decoder.last_speech_timestamp = 0.0
-            self._languages.detected = []
-            decoded = self._decoder.forward(
-                np.stack([windows[i].features for i in indices]),
-                first.tokenizer,
-                [windows[i].metadata for i in indices],
-                first.options,
-            )
-            detected = self._languages.detected or [None] * len(indices)
-            for i, segments, found in zip(indices, decoded, detected, strict=True):
-                results[i] = (segments, found[0][0][2:-2] if found else None)  # "<|de|>"
+            batch = [windows[i] for i in indices]
+            for i, decoded in zip(indices, self._decode_batch(batch), strict=True):
+                results[i] = decoded
         return results  # type: ignore[return-value]
+
+    def _decode_batch(self, batch: list[Window]) -> list[Decoded]:
+        """One encoder and one decoder call for windows that share a ``key``."""
+        model, options = self.model, batch[0].options
+        encoder_output = model.encode(np.stack([w.features for w in batch]))
+        languages: list[str | None] = [None] * len(batch)
+        if options.multilingual:
+            found = model.model.detect_language(encoder_output)
+            languages = [best[0][0][2:-2] for best in found]  # "<|de|>" -> "de"
+        tokenizers = [
+            self.tokenizer(w.task, language) if language else w.tokenizer
+            for w, language in zip(batch, languages, strict=True)
+        ]
+        prompts = [  # no text prompt for a last sliver of audio: Whisper would repeat it
+            model.get_prompt(tokenizer, w.previous if w.duration_s >= 1 else [], False)
+            for w, tokenizer in zip(batch, tokenizers, strict=True)
+        ]
+        results = model.model.generate(
+            encoder_output, prompts, **_generate_options(options, options.temperatures[0])
+        )
+        return [
+            self._segments(
+                window,
+                tokenizers[i],
+                prompts[i],
+                results[i],
+                functools.partial(_row, encoder_output, i, len(batch)),
+                languages[i],
+            )
+            for i, window in enumerate(batch)
+        ]
+
+    def _segments(
+        self,
+        window: Window,
+        tokenizer: Tokenizer,
+        prompt: list[int],
+        result: Any,
+        encoder_output: Callable[[], ctranslate2.StorageView],
+        language: str | None,
+    ) -> Decoded:
+        """A window's decoded tokens as segments (see the module's docstring)."""
+        model, options = self.model, window.options
+        tokens, temperature = result.sequences_ids[0], options.temperatures[0]
+        avg_logprob = result.scores[0] * len(tokens) ** options.length_penalty / (len(tokens) + 1)
+        silent = result.no_speech_prob > options.no_speech_threshold
+        improbable = avg_logprob < options.log_prob_threshold
+        repetitive = (
+            get_compression_ratio(tokenizer.decode(tokens).strip())
+            > options.compression_ratio_threshold
+        )
+        if temperature == 0 and (repetitive or improbable) and not (silent and improbable):
+            result, avg_logprob, temperature, _ = model.generate_with_fallback(
+                encoder_output(),
+                prompt,
+                tokenizer,
+                dataclasses.replace(options, temperatures=FALLBACK_TEMPERATURES),
+            )
+            tokens = result.sequences_ids[0]
+        frames = round(window.duration_s * model.frames_per_second)
+        if silent and avg_logprob < options.log_prob_threshold:
+            return Decoded([], language, frames)
+        start = round(window.offset_s * model.frames_per_second)
+        segments, seek, _ = model._split_segments_by_timestamps(  # noqa: SLF001
+            tokenizer=tokenizer,
+            tokens=tokens,
+            time_offset=window.offset_s,
+            segment_size=frames,
+            segment_duration=window.duration_s,
+            seek=start,
+        )
+        for segment in segments:
+            text = tokenizer.decode(segment["tokens"])
+            segment.update(
+                text=text,
+                seek=start,
+                avg_logprob=avg_logprob,
+                no_speech_prob=result.no_speech_prob,
+                compression_ratio=get_compression_ratio(text),
+                temperature=temperature,
+                words=None,
+            )
+        if options.word_timestamps and segments:
+            # With the window's own language: words of zh, ja, th, lo, my and yue split on
+            # characters, not spaces.
+            model.add_word_timestamps(
+                [segments],
+                tokenizer,
+                encoder_output(),
+                [frames],
+                options.prepend_punctuations,
+                options.append_punctuations,
+                window.last_speech_s,
+            )
+        kept = [s for s in segments if s["start"] < s["end"] and s["text"].strip()]
+        return Decoded(kept, language, seek - start)
 
     def self_test(self) -> None:
         """Run the encoder on one second of silence: raises if the model is broken."""
@@ -186,7 +301,120 @@ class WhisperEngine:
             raise RuntimeError("the Whisper model is not loaded")
 
 
-def _segment_dict(segment: Any) -> dict[str, Any]:
+def _options(
+    tokenizer: Tokenizer,
+    *,
+    beam_size: int,
+    temperature: float,
+    word_timestamps: bool,
+    detect: bool,
+) -> TranscriptionOptions:
+    """faster-whisper's options with its ``transcribe`` defaults, one temperature."""
+    return TranscriptionOptions(
+        beam_size=beam_size,
+        best_of=5,
+        patience=1,
+        length_penalty=1,
+        repetition_penalty=1,
+        no_repeat_ngram_size=0,
+        log_prob_threshold=-1.0,
+        no_speech_threshold=0.6,
+        compression_ratio_threshold=2.4,
+        condition_on_previous_text=False,
+        prompt_reset_on_temperature=0.5,
+        temperatures=[temperature],
+        initial_prompt=None,  # the prompt is each window's ``previous``
+        prefix=None,
+        suppress_blank=True,
+        suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
+        without_timestamps=False,
+        max_initial_timestamp=1.0,
+        word_timestamps=word_timestamps,
+        prepend_punctuations="\"'“¿([{-",
+        append_punctuations="\"'.。,，!！?？:：”)]}、",
+        multilingual=detect,
+        max_new_tokens=None,
+        clip_timestamps="0",
+        hallucination_silence_threshold=None,
+        hotwords=None,
+    )
+
+
+def log_mel(extractor: FeatureExtractor, audio: np.ndarray, block: int = 3000) -> np.ndarray:
+    """``extractor(audio)`` (Whisper's log-mel features of the whole audio, which the
+    sequential ``transcribe`` slices its windows from) computed ``block`` frames at a time:
+    the same values, without the whole audio's STFT in memory at once (about 30 KB per 10 ms
+    frame). The result is 32 KB per second of audio (80 mels), half the audio's own size."""
+    n_fft, hop = extractor.n_fft, extractor.hop_length
+    padded = np.pad(np.pad(audio.astype(np.float32), (0, 160)), n_fft // 2, mode="reflect")
+    frames = (len(padded) - n_fft) // hop  # the extractor drops the last STFT frame
+    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
+    out = np.empty((extractor.mel_filters.shape[0], frames), dtype=np.float32)
+    for first in range(0, frames, block):
+        last = min(frames, first + block)
+        stft = extractor.stft(
+            padded[first * hop : (last - 1) * hop + n_fft],
+            n_fft,
+            hop,
+            window=window,
+            center=False,
+            return_complex=True,
+        ).astype(np.complex64)
+        mel = extractor.mel_filters @ (np.abs(stft) ** 2)
+        out[:, first:last] = np.log10(np.clip(mel, 1e-10, None))
+    np.maximum(out, out.max(initial=-10.0) - 8.0, out=out)
+    return (out + 4.0) / 4.0
+
+
+def _generate_options(options: TranscriptionOptions, temperature: float) -> dict[str, Any]:
+    """CTranslate2 ``generate`` arguments for ``options``, as faster-whisper's sequential
+    ``transcribe`` passes them: beam search at temperature 0, else best of sampled."""
+    if temperature > 0:
+        search = {"beam_size": 1, "num_hypotheses": options.best_of, "sampling_topk": 0}
+    else:
+        search = {"beam_size": options.beam_size, "patience": options.patience}
+    return {
+        **search,
+        "sampling_temperature": temperature or 1.0,
+        "length_penalty": options.length_penalty,
+        "repetition_penalty": options.repetition_penalty,
+        "no_repeat_ngram_size": options.no_repeat_ngram_size,
+        "max_length": 448,  # Whisper's, prompt included
+        "return_scores": True,
+        "return_no_speech_prob": True,
+        "suppress_blank": options.suppress_blank,
+        "suppress_tokens": options.suppress_tokens,
+        "max_initial_timestamp_index": round(options.max_initial_timestamp / 0.02),
+    }
+
+
+def _row(encoder_output: ctranslate2.StorageView, i: int, n: int) -> ctranslate2.StorageView:
+    """Row ``i`` of a batch's encoder output (the whole output when the batch is one)."""
+    if n == 1:
+        return encoder_output
+    return ctranslate2.StorageView.from_array(
+        np.ascontiguousarray(np.asarray(encoder_output)[i : i + 1])
+    )
+
+
+def _segment(segment: dict[str, Any]) -> Segment:
+    words = segment["words"]
+    return Segment(
+        id=0,
+        seek=segment["seek"],
+        start=segment["start"],
+        end=segment["end"],
+        text=segment["text"],
+        tokens=segment["tokens"],
+        avg_logprob=segment["avg_logprob"],
+        compression_ratio=segment["compression_ratio"],
+        no_speech_prob=segment["no_speech_prob"],
+        words=[Word(**w) for w in words] if words is not None else None,
+        temperature=segment["temperature"],
+    )
+
+
+def _segment_dict(index: int, segment: Segment) -> dict[str, Any]:
     words = None
     if segment.words is not None:
         words = [
@@ -194,7 +422,7 @@ def _segment_dict(segment: Any) -> dict[str, Any]:
             for w in segment.words
         ]
     return {
-        "id": segment.id - 1,  # faster-whisper counts from 1, OpenAI from 0
+        "id": index,
         "seek": segment.seek,
         "start": _secs(segment.start),
         "end": _secs(segment.end),

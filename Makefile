@@ -13,7 +13,7 @@ export VLLM_NO_USAGE_STATS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup venv models browser serve test test-unit test-serve test-cluster lint clean
+.PHONY: setup venv models test-tools serve test test-unit test-serve test-cluster lint clean
 
 setup: venv models
 
@@ -39,26 +39,28 @@ serve: setup
 	@echo "==> serve run $(CONFIG)  (API on http://127.0.0.1:8000, playground /playground, Ctrl-C stops)"
 	$(PY) -m serve_app.launch $(CONFIG) --metrics-port $(METRICS_PORT)
 
-# The playground's browser test drives Debian's Chromium through Debian's ChromeDriver (no
-# browser download by a test tool). Installed once; offline without them, that test skips
-# (in CI it fails instead).
+# Debian packages the tests drive (no download by a test tool): Chromium and its ChromeDriver
+# for the playground's browser test, espeak-ng to synthesise the long speech recordings of the
+# accuracy suite (tests/speech_corpus.py). Installed once; offline without them, those tests
+# skip (in CI they fail instead).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
-	  echo "==> [setup] installing Debian's chromium and chromium-driver (browser test)"; \
+test-tools:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+	  && command -v espeak-ng >/dev/null || { \
+	  echo "==> [setup] installing Debian's chromium, chromium-driver and espeak-ng (tests)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
-	    -y -qq --no-install-recommends chromium chromium-driver fonts-liberation \
-	  || echo "==> chromium not installed: the browser test will skip"; }
+	    -y -qq --no-install-recommends chromium chromium-driver fonts-liberation espeak-ng \
+	  || echo "==> not installed: the browser and speech-accuracy tests will skip"; }
 
 # Two runs: the serve suite's Ray must be gone before the cluster suite starts its own.
-test: setup browser
+test: setup test-tools
 	$(PY) -m pytest tests/unit tests/gpu tests/serve
 	$(PY) -m pytest tests/cluster
 
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
-test-serve: setup browser
+test-serve: setup test-tools
 	$(PY) -m pytest tests/serve
 
 # The app on a local multi-node Ray cluster (cluster/local.sh: head + llm + audio nodes):

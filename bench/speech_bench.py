@@ -1,13 +1,14 @@
-"""Speech: decode time per minute of audio, and Whisper's real-time factor via the API vs direct.
+"""Speech: decode time per minute of audio; Whisper through the API vs faster-whisper itself.
 
-Builds a ~60 s clip from the English fixture, then prints: decode+resample seconds per
-minute of audio for each container (PyAV + soxr, in process); the real-time factor
-(processing seconds / audio seconds) of a transcription through `serve run` with the
-official openai SDK; the same on faster-whisper called directly with the config's options;
-and their ratio; then 8 five-second clips one after another vs all at once through the API,
-with the batch sizes the Whisper replica reached; then, in process, what batching can gain at
-most: a window's encoder and decoder seconds alone and in a batch of 8. Figures, not
-assertions.
+Prints: decode+resample seconds per minute of audio for each container (PyAV + soxr, in
+process); for each long recording of the speech corpus (``tests/speech_corpus.py``, espeak-ng,
+known text), the seconds and word error rate of a transcription through `serve run` with the
+official openai SDK, next to faster-whisper in process on the same model files: its
+sequential ``transcribe`` (VAD on, beam 5, as the API decodes) and its
+``BatchedInferencePipeline`` (batch 8); then 8 five-second clips one after another vs all at
+once through the API, with the batch sizes the Whisper replica reached; then, in process, what
+batching can gain at most: a window's encoder and decoder seconds alone and in a batch of 8.
+Figures, not assertions.
 
     .venv/bin/python -m bench.speech_bench [--runs 3] [--model whisper-base]
 """
@@ -23,6 +24,7 @@ from openai import OpenAI
 
 from bench.server import ROOT, engine_options, running_server
 from deployments.audio.decode import decode_audio
+from tests import speech_corpus
 from tests.audio_files import CONTAINERS, SPEECH_EN, transcode, wav_bytes
 
 RATE = 16_000
@@ -119,6 +121,49 @@ def batch_histogram(server, model: str) -> dict[str, float]:
     return counts
 
 
+def corpus_table(model: str, api_times: dict[str, tuple[float, str]], runs: int) -> str:
+    """Per recording: seconds and word error rate through the API (``api_times``) and with
+    faster-whisper in process, sequential and batched, on the same model files."""
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    options = engine_options(model)
+    whisper = WhisperModel(
+        str(ROOT / "models" / model),
+        device="cpu",
+        compute_type=options["compute_type"],
+        cpu_threads=options["cpu_threads"],
+        local_files_only=True,
+    )
+    batched = BatchedInferencePipeline(whisper)
+    beam = options["beam_size"]
+    lines = [
+        f"{model}: seconds (median of {runs}) and word error rate %, per recording",
+        f"  {'recording':16} {'audio s':>7} {'API':>13} {'sequential':>13} {'batched':>13}"
+        "  API/sequential",
+    ]
+    for name, (api_s, api_text) in api_times.items():
+        samples, known = speech_corpus.render(name).samples, speech_corpus.text(name)
+        texts = {}
+
+        def sequential(samples=samples, texts=texts) -> None:
+            segments, _ = whisper.transcribe(samples, beam_size=beam, vad_filter=True)
+            texts["sequential"] = "".join(s.text for s in segments)
+
+        def in_batches(samples=samples, texts=texts) -> None:
+            segments, _ = batched.transcribe(samples, beam_size=beam, batch_size=8)
+            texts["batched"] = "".join(s.text for s in segments)
+
+        seq_s, batch_s = timed(sequential, runs), timed(in_batches, runs)
+        rates = {k: speech_corpus.word_error_rate(known, t) for k, t in texts.items()}
+        api_rate = speech_corpus.word_error_rate(known, api_text)
+        lines.append(
+            f"  {name:16} {len(samples) / RATE:7.1f} {api_s:6.1f} ({api_rate:4.1f})"
+            f" {seq_s:6.1f} ({rates['sequential']:4.1f}) {batch_s:6.1f} ({rates['batched']:4.1f})"
+            f"  {api_s / seq_s:.2f}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -132,35 +177,29 @@ def main() -> int:
         cost = timed(lambda data=data: decode_audio(data), args.runs)
         print(f"  {ext:5} {cost * 60 / seconds:6.3f} s  ({len(data) / 1024:.0f} KiB)")
 
+    names = [n for n in speech_corpus.ACCURACY if args.model != "whisper-tiny.en" or n != "german"]
+    api_times: dict[str, tuple[float, str]] = {}
     with running_server() as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=600)
+        for name in names:
+            wav = wav_bytes(speech_corpus.render(name).samples, RATE)
+            text: list[str] = []
 
-        def via_api() -> None:
-            client.audio.transcriptions.create(model=args.model, file=("clip.wav", clip))
+            def via_api(wav=wav, text=text) -> None:
+                result = client.audio.transcriptions.create(
+                    model=args.model, file=("clip.wav", wav)
+                )
+                text[:] = [result.text]
 
-        via_api()  # warm-up
-        api = timed(via_api, args.runs)
+            via_api()  # warm-up
+            api_times[name] = (timed(via_api, args.runs), text[0])
         batching = concurrent_clips(server, client, args.model, args.runs)
 
+    print(corpus_table(args.model, api_times, args.runs))
+    print(batching)
     from deployments.whisper.engine import WhisperEngine
 
     engine = WhisperEngine(str(ROOT / "models" / args.model), engine_options(args.model))
-    samples = decode_audio(clip)
-
-    def direct() -> None:
-        transcript = engine.transcribe(
-            samples, task="transcribe", language=None, prompt=None, temperature=None,
-            word_timestamps=False,
-        )  # fmt: skip
-        list(transcript.segments)
-
-    direct()
-    local = timed(direct, args.runs)
-    print(f"{args.model}, {seconds:.0f} s clip, real-time factor (lower is faster):")
-    print(f"  through the API (upload, decode pool, replica): {api / seconds:.3f}")
-    print(f"  faster-whisper directly on decoded samples:     {local / seconds:.3f}")
-    print(f"  API / direct: {api / local:.2f}")
-    print(batching)
     print(batching_ceiling(engine, args.runs))
     return 0
 

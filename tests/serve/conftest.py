@@ -42,16 +42,18 @@ keys:
     limits: {{tokens_per_minute: 30}}
 """
 # What the session's app changes from the shipped config, so that limits are reachable:
-# two ingress replicas (rate limits must hold across them), small LLM queues, a short
-# request timeout, and room to drain (ingress and LLM): on 2 cores the replacement replicas'
-# start-up slows the draining ones' streams past the default 20 s.
+# two ingress replicas (rate limits must hold across them), small LLM queues, a request
+# timeout short enough to reach (a minute: the longest speech recording, 3 minutes through
+# whisper-base, takes about 35 s on 2 cores), and room to drain (ingress and LLM): on 2
+# cores the replacement replicas' start-up slows the draining ones' streams past the
+# default 20 s.
 TEST_OVERRIDES = {
     "ingress": {
         "autoscaling_config": {"min_replicas": 2, "max_replicas": 2},
         "graceful_shutdown_timeout_s": 60,
     },
     "llm": {"max_ongoing_requests": 8, "max_queued_requests": 8, "graceful_shutdown_timeout_s": 60},
-    "limits": {"request_timeout_s": 20},
+    "limits": {"request_timeout_s": 60},
 }
 
 

@@ -119,11 +119,11 @@ def test_request_timeout_is_504_and_aborts_the_generation(client: OpenAI):
             messages=[{"role": "user", "content": "Count from 1 to 2000."}],
             max_tokens=1900,
             temperature=0,
-            extra_body={"ignore_eos": True},  # vLLM's: generate all 1900 tokens
+            extra_body={"ignore_eos": True},  # vLLM's: 1900 tokens take over 80 s here
         )
     assert info.value.status_code == 504
     assert info.value.code == "timeout"
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 70  # the session's request_timeout_s is 60
     wait_engine_idle(5)
 
 

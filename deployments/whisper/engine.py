@@ -28,7 +28,6 @@ import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
-from faster_whisper.feature_extractor import FeatureExtractor
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import (
     Segment,
@@ -39,6 +38,9 @@ from faster_whisper.transcribe import (
     restore_speech_timestamps,
 )
 from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+from deployments.whisper import formats
+from deployments.whisper.features import log_mel
 
 CHUNK_S = 30  # Whisper's window
 FALLBACK_TEMPERATURES = [0.2, 0.4, 0.6, 0.8, 1.0]
@@ -147,7 +149,7 @@ class WhisperEngine:
         segments = self._walk(audio, transcript, first, decode or self.decode_windows)
         if speech_chunks:
             segments = restore_speech_timestamps(segments, speech_chunks, rate)
-        transcript.segments = (_segment_dict(i, s) for i, s in enumerate(segments))
+        transcript.segments = (formats.segment_dict(i, s) for i, s in enumerate(segments))
         return transcript
 
     def _walk(
@@ -340,32 +342,6 @@ def _options(
     )
 
 
-def log_mel(extractor: FeatureExtractor, audio: np.ndarray, block: int = 3000) -> np.ndarray:
-    """``extractor(audio)`` (Whisper's log-mel features of the whole audio, which the
-    sequential ``transcribe`` slices its windows from) computed ``block`` frames at a time:
-    the same values, without the whole audio's STFT in memory at once (about 30 KB per 10 ms
-    frame). The result is 32 KB per second of audio (80 mels), half the audio's own size."""
-    n_fft, hop = extractor.n_fft, extractor.hop_length
-    padded = np.pad(np.pad(audio.astype(np.float32), (0, 160)), n_fft // 2, mode="reflect")
-    frames = (len(padded) - n_fft) // hop  # the extractor drops the last STFT frame
-    window = np.hanning(n_fft + 1)[:-1].astype(np.float32)
-    out = np.empty((extractor.mel_filters.shape[0], frames), dtype=np.float32)
-    for first in range(0, frames, block):
-        last = min(frames, first + block)
-        stft = extractor.stft(
-            padded[first * hop : (last - 1) * hop + n_fft],
-            n_fft,
-            hop,
-            window=window,
-            center=False,
-            return_complex=True,
-        ).astype(np.complex64)
-        mel = extractor.mel_filters @ (np.abs(stft) ** 2)
-        out[:, first:last] = np.log10(np.clip(mel, 1e-10, None))
-    np.maximum(out, out.max(initial=-10.0) - 8.0, out=out)
-    return (out + 4.0) / 4.0
-
-
 def _generate_options(options: TranscriptionOptions, temperature: float) -> dict[str, Any]:
     """CTranslate2 ``generate`` arguments for ``options``, as faster-whisper's sequential
     ``transcribe`` passes them: beam search at temperature 0, else best of sampled."""
@@ -412,29 +388,3 @@ def _segment(segment: dict[str, Any]) -> Segment:
         words=[Word(**w) for w in words] if words is not None else None,
         temperature=segment["temperature"],
     )
-
-
-def _segment_dict(index: int, segment: Segment) -> dict[str, Any]:
-    words = None
-    if segment.words is not None:
-        words = [
-            {"word": w.word.strip(), "start": _secs(w.start), "end": _secs(w.end)}
-            for w in segment.words
-        ]
-    return {
-        "id": index,
-        "seek": segment.seek,
-        "start": _secs(segment.start),
-        "end": _secs(segment.end),
-        "text": segment.text,
-        "tokens": list(segment.tokens),
-        "temperature": segment.temperature,
-        "avg_logprob": segment.avg_logprob,
-        "compression_ratio": segment.compression_ratio,
-        "no_speech_prob": segment.no_speech_prob,
-        "words": words,
-    }
-
-
-def _secs(value: float) -> float:
-    return round(float(value), 3)

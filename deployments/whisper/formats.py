@@ -97,3 +97,30 @@ def done_event(text: str) -> ChunkFrame:
 
 def audio_usage(duration_s: float) -> dict[str, float]:
     return {"audio_seconds": duration_s} if duration_s > 0 else {}
+
+
+def segment_dict(index: int, segment: Any) -> dict[str, Any]:
+    """faster-whisper's ``Segment`` as OpenAI's verbose_json segment (plus its words)."""
+    words = None
+    if segment.words is not None:
+        words = [
+            {"word": w.word.strip(), "start": secs(w.start), "end": secs(w.end)}
+            for w in segment.words
+        ]
+    return {
+        "id": index,
+        "seek": segment.seek,
+        "start": secs(segment.start),
+        "end": secs(segment.end),
+        "text": segment.text,
+        "tokens": list(segment.tokens),
+        "temperature": segment.temperature,
+        "avg_logprob": segment.avg_logprob,
+        "compression_ratio": segment.compression_ratio,
+        "no_speech_prob": segment.no_speech_prob,
+        "words": words,
+    }
+
+
+def secs(value: float) -> float:
+    return round(float(value), 3)

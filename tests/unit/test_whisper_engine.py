@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.whisper.engine import Decoded, WhisperEngine, Window, log_mel
+from deployments.whisper.engine import Decoded, WhisperEngine, Window
+from deployments.whisper.features import log_mel
 
 MODEL = Path(os.environ.get("SERVE_APP_MODELS_DIR", "models")) / "whisper-tiny.en"
 pytestmark = pytest.mark.skipif(not MODEL.is_dir(), reason="models not prepared (make setup)")

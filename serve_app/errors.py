@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.common.contracts import ErrorFrame
 from deployments.common.errors import describe_validation_errors
-from serve_app.log import LOGGER
+from serve_app.log import LOGGER, request_id_of
 
 logger = logging.getLogger(LOGGER)
 
@@ -75,8 +75,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
-        from serve_app.pipeline import request_id_of  # noqa: PLC0415 - the pipeline imports us
-
         request_id = request_id_of(request)
         logger.exception("unhandled error [request_id=%s]", request_id)
         return server_error(request_id)

@@ -11,7 +11,6 @@ Prometheus metrics (``serve_app/metrics.py``).
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from deployments.common.contracts import ErrorFrame, Usage
 from serve_app.auth import APIKey, authorize_model
 from serve_app.dispatch import frames_to_response
-from serve_app.log import LOGGER
+from serve_app.log import LOGGER, request_id_of
 from serve_app.registry import ModelRegistry, ServedModel
 
 logger = logging.getLogger(LOGGER)
@@ -132,19 +131,6 @@ def _error_code(body: bytes) -> str | None:
 
 def registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
-
-
-def request_id_of(request: Request) -> str:
-    """The request id Serve assigned (or the client sent as ``x-request-id``).
-
-    Serve's HTTP server in the ingress replica (behind HAProxy; or Serve's Python proxy) sets
-    the header on every request and echoes it on every response; outside
-    Serve (unit tests) a fresh id is made once per request.
-    """
-    request_id = request.headers.get("x-request-id") or getattr(request.state, "request_id", "")
-    if not request_id:
-        request_id = request.state.request_id = uuid.uuid4().hex
-    return request_id
 
 
 async def admit(request: Request, model: ServedModel, key: APIKey | None) -> Finished:

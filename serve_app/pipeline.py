@@ -133,13 +133,16 @@ def registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-async def admit(request: Request, model: ServedModel, key: APIKey | None) -> Finished:
+async def admit(
+    request: Request, model: ServedModel, key: APIKey | None, budgets: tuple[str, ...] = ()
+) -> Finished:
     """403 if the key may not use ``model``; 429 if it is over a rate limit. Returns the
     request's record, which the rest of the pipeline fills in."""
     record: Finished = request.state.record
     record.request_id, record.model, record.key = request_id_of(request), model.id, key
     authorize_model(key, model.id, model.config.aliases)
-    await request.app.state.rate_limits.admit(key, model.family.usage)
+    usage = (model.family.usage,) if model.family.usage else ()
+    await request.app.state.rate_limits.admit(key, (*usage, *budgets))
     record.admitted = True
     for observer in request.app.state.observers:
         observer.admitted(record)

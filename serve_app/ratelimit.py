@@ -56,11 +56,10 @@ class RateLimiter:
         window.expire(now)
         return window
 
-    def admit(self, key: str, limits: dict[str, Any], kind: str | None) -> float | None:
+    def admit(self, key: str, limits: dict[str, Any], kinds: tuple[str, ...] = ()) -> float | None:
         """Count one request; return None if admitted, else seconds to wait.
 
-        ``kind`` (``tokens``, ``audio`` or None) picks the usage budget that also has to have
-        room.
+        ``kinds`` (``tokens``, ``audio``) name the usage budgets that also have to have room.
         """
         now = time.monotonic()
         rpm = limits.get("requests_per_minute")
@@ -68,10 +67,10 @@ class RateLimiter:
         waits = []
         if rpm is not None and requests.total >= rpm:
             waits.append(requests.retry_after(now, rpm))
-        budget = limits.get(KINDS[kind]) if kind else None
-        if budget is not None:
+        for kind in kinds:
+            budget = limits.get(KINDS[kind])
             usage = self._window(key, kind, now)
-            if usage.total >= budget:
+            if budget is not None and usage.total >= budget:
                 waits.append(usage.retry_after(now, budget))
         if waits:
             return max(waits)
@@ -94,11 +93,11 @@ class RateLimits:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def admit(self, key: APIKey | None, kind: str | None) -> None:
+    async def admit(self, key: APIKey | None, kinds: tuple[str, ...] = ()) -> None:
         """429 ``rate_limit_exceeded`` with ``Retry-After`` when the key is over a limit."""
         if key is None or not key.limits.any or self.handle is None:
             return
-        wait = await self.handle.admit.remote(key.name, key.limits.model_dump(), kind)
+        wait = await self.handle.admit.remote(key.name, key.limits.model_dump(), kinds)
         if wait is not None:
             seconds = math.ceil(wait)
             raise APIError(

@@ -115,9 +115,10 @@ class UpstreamClient:
                 async for frame in self._events(response, our_id, model, client_wants_usage):
                     yield frame
             else:
-                data = await self._first(response.aread(), model["timeout_s"])
-                if isinstance(data, ErrorFrame):
-                    yield data
+                try:
+                    data = await asyncio.wait_for(response.aread(), model["timeout_s"])
+                except TimeoutError:
+                    yield self._timeout(model)
                     return
                 result = json.loads(data)
                 result["model"] = our_id
@@ -163,12 +164,6 @@ class UpstreamClient:
             f"{model['timeout_s']:g} seconds.",
             code="timeout",
         )
-
-    async def _first(self, awaitable: Any, timeout_s: float) -> Any:
-        try:
-            return await asyncio.wait_for(awaitable, timeout_s)
-        except TimeoutError:
-            return ErrorFrame(504, f"The upstream provider '{self.provider}' timed out.")
 
     async def _error(self, response: httpx.Response) -> ErrorFrame:
         """Our envelope for a provider's error answer."""

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from serve_app.audio_parts import transcribe_parts
 from serve_app.auth import APIKey, require
 from serve_app.pipeline import admit, registry, run_backend
+from serve_app.protocol.messages import audio_parts
 from serve_app.protocol.openai import ChatCompletionRequest, CompletionRequest, GenerationRequest
 
 router = APIRouter()
@@ -26,9 +27,11 @@ async def _generate(
     model = models.get(body.model, endpoint, request.url.path)
     family = model.family
     family.check(body, model.config)
-    record = await admit(request, model, key)
+    audio = family.transcribes_audio_parts and isinstance(body, ChatCompletionRequest)
+    audio = audio and bool(audio_parts(body.messages))
+    record = await admit(request, model, key, ("audio",) if audio else ())  # as a transcription
     rid = record.request_id
-    if family.transcribes_audio_parts and isinstance(body, ChatCompletionRequest):
+    if audio:
         await transcribe_parts(models, model, body.messages, rid, record.add_usage)
     payload = family.backend_body(body, model.config)
 

@@ -16,7 +16,7 @@ Key = Annotated[APIKey | None, Depends(require("models"))]
 
 @router.get("/v1/models")
 async def list_models(request: Request, models: Registry, key: Key) -> dict[str, Any]:
-    await request.app.state.rate_limits.admit(key, None)
+    await request.app.state.rate_limits.admit(key)
     allowed = [
         m.card(models.created)
         for m in models.models
@@ -29,7 +29,7 @@ async def list_models(request: Request, models: Registry, key: Key) -> dict[str,
 async def retrieve_model(
     request: Request, model_id: str, models: Registry, key: Key
 ) -> dict[str, Any]:
-    await request.app.state.rate_limits.admit(key, None)
+    await request.app.state.rate_limits.admit(key)
     model = models.lookup(model_id)
     authorize_model(key, model.id, model.config.aliases)
     return model.card(models.created)

@@ -7,15 +7,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.common.contracts import ErrorFrame, JSONFrame
-from serve_app.auth import KeyStore
+from serve_app.auth import APIKey, KeyStore
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
 from serve_app.protocol.openai import ChatCompletionRequest, CompletionRequest
-from serve_app.ratelimit import RateLimits
+from serve_app.ratelimit import RateLimiter, RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
 from tests.openai_schema import _document
-from tests.unit.fakes import FakeHandle
+from tests.unit.fakes import FakeHandle, LocalHandle
 from tests.unit.test_ingress import assert_envelope
 
 SMART = "smart"  # tools, reasoning, llama.cpp-like defaults
@@ -25,7 +25,7 @@ WAV64 = base64.b64encode(b"RIFF" + b"\x00" * 64).decode()
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 
 
-def make(whisper_frames=None, max_upload=1000):
+def make(whisper_frames=None, max_upload=1000, keys=(), limiter=None):
     config = AppConfig.model_validate(
         {
             "models": [
@@ -53,12 +53,13 @@ def make(whisper_frames=None, max_upload=1000):
     )
     handles = {SMART: llm, PLAIN: llm, "stt": whisper}
     registry = ModelRegistry(config, handles, 1, FakeHandle([]))
-    app = create_app(registry, Settings(), KeyStore([]), RateLimits(None))
+    app = create_app(registry, Settings(), KeyStore(list(keys)), RateLimits(limiter))
     return TestClient(app, raise_server_exceptions=False), llm, whisper
 
 
-def chat(client, **fields):
-    return client.post("/v1/chat/completions", json={"model": SMART, "messages": MSG, **fields})
+def chat(client, headers=None, **fields):
+    body = {"model": SMART, "messages": MSG, **fields}
+    return client.post("/v1/chat/completions", json=body, headers=headers)
 
 
 def sent(llm: FakeHandle) -> dict:
@@ -249,6 +250,21 @@ def test_input_audio_is_transcribed_into_the_prompt():
     method, (decoded, params) = whisper.calls[0]
     assert method == "transcribe" and decoded[0] == "decoded"
     assert params["task"] == "transcribe" and params["response_format"] == "json"
+
+
+def test_input_audio_needs_room_in_the_keys_audio_budget():
+    """As a transcription: a key whose audio seconds for the minute are spent gets 429 with
+    Retry-After before any audio is decoded; text-only chat needs no audio budget."""
+    key = APIKey(name="k", secret="s3cret", limits={"audio_seconds_per_minute": 3})
+    client, llm, whisper = make(keys=[key], limiter=LocalHandle(RateLimiter()))
+    headers = {"Authorization": "Bearer s3cret"}
+    for _ in range(2):  # 2 s of audio each: the second starts with 2 s of 3 spent
+        assert chat(client, headers, messages=audio_message()).status_code == 200
+    limited = chat(client, headers, messages=audio_message())
+    assert_envelope(limited, 429, "rate_limit_exceeded")
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    assert len(whisper.calls) == 2 and len(llm.calls) == 2
+    assert chat(client, headers).status_code == 200
 
 
 @pytest.mark.parametrize(

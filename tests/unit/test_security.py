@@ -101,18 +101,18 @@ def test_rate_limiter_windows(monkeypatch):
     monkeypatch.setattr(ratelimit.time, "monotonic", lambda: now[0])
     limiter = RateLimiter()
     limits = {"requests_per_minute": 2, "tokens_per_minute": 100}
-    assert limiter.admit("k", limits, "tokens") is None
+    assert limiter.admit("k", limits, ("tokens",)) is None
     now[0] += 10
-    assert limiter.admit("k", limits, "tokens") is None
-    assert limiter.admit("k", limits, "tokens") == pytest.approx(50)  # first leaves at +60
-    assert limiter.admit("other", limits, "tokens") is None  # keys are independent
+    assert limiter.admit("k", limits, ("tokens",)) is None
+    assert limiter.admit("k", limits, ("tokens",)) == pytest.approx(50)  # first leaves at +60
+    assert limiter.admit("other", limits, ("tokens",)) is None  # keys are independent
     now[0] += 51
-    assert limiter.admit("k", limits, "tokens") is None
+    assert limiter.admit("k", limits, ("tokens",)) is None
     limiter.record("k", "tokens", 150)
     now[0] += 30
-    wait = limiter.admit("k", {"tokens_per_minute": 100}, "tokens")
+    wait = limiter.admit("k", {"tokens_per_minute": 100}, ("tokens",))
     assert wait == pytest.approx(30)
-    assert limiter.admit("k", {"audio_seconds_per_minute": 5}, "audio") is None
+    assert limiter.admit("k", {"audio_seconds_per_minute": 5}, ("audio",)) is None
 
 
 def test_rate_limit_is_429_with_retry_after_and_counts_usage():

@@ -156,13 +156,24 @@ def test_server_errors_are_502_and_not_retried():
     assert len(calls) == 1 and frame.status == 502 and "stack" not in frame.message
 
 
-def test_no_first_byte_in_time_is_504():
-    async def slow(request):
-        await asyncio.sleep(2)
-        return httpx.Response(200, json=ANSWER)
+class StalledBody(httpx.AsyncByteStream):
+    """Headers arrive, the body never does."""
 
-    (frame,) = run(frames(client(slow)))
-    assert frame.status == 504 and frame.code == "timeout"
+    async def __aiter__(self):
+        await asyncio.Event().wait()
+        yield b""
+
+
+def test_no_answer_in_time_is_504_timeout():
+    """Headers that never come, or a body that never comes: 504 ``timeout`` after the
+    model's ``timeout_s`` (0.5 s), however long the provider would have taken."""
+
+    async def no_headers(request):
+        await asyncio.Event().wait()
+
+    for handler in (no_headers, lambda request: httpx.Response(200, stream=StalledBody())):
+        (frame,) = run(frames(client(handler)))
+        assert frame.status == 504 and frame.code == "timeout", frame
 
 
 class BreakingStream(httpx.AsyncByteStream):

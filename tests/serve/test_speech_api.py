@@ -3,6 +3,7 @@
 import concurrent.futures
 import json
 import re
+import threading
 
 import httpx
 import openai
@@ -233,3 +234,39 @@ def test_concurrent_transcriptions_share_model_batches(client: OpenAI):
         assert_fox(text)
     sizes = whisper.stats.remote().result()["batch_sizes"]
     assert max(sizes) > 1, sizes
+
+
+def test_batched_requests_each_get_their_own_transcript(client: OpenAI):
+    """English transcription, German transcription and German translation at once on the
+    one whisper-base replica (the two transcriptions detect their language, so their windows
+    can share a model call): each answer is the one the same request gets alone."""
+    from ray import serve
+
+    whisper = serve.get_deployment_handle("whisper-whisper-base", app_name="openai")
+    calls = {
+        "en": lambda: transcribe(client, model="whisper-base").text,
+        "de": lambda: (
+            client.audio.transcriptions.create(model="whisper-base", file=SPEECH_DE.open("rb")).text
+        ),
+        "de->en": lambda: (
+            client.audio.translations.create(model="whisper-base", file=SPEECH_DE.open("rb")).text
+        ),
+    }
+    start = whisper.stats.remote().result()
+    alone = {name: call() for name, call in calls.items()}
+    assert "fox" in alone["en"].lower() and "kaffee" in alone["de"].lower()
+    assert "coffee" in alone["de->en"].lower()
+    before = whisper.stats.remote().result()
+    barrier = threading.Barrier(len(calls))
+
+    def together(call):
+        barrier.wait()
+        return call()
+
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        answers = dict(zip(calls, pool.map(together, calls.values()), strict=True))
+    assert answers == alone
+    after = whisper.stats.remote().result()
+    windows = after["windows_decoded"] - before["windows_decoded"]
+    assert windows == before["windows_decoded"] - start["windows_decoded"]  # as alone
+    assert after["active"] == 0 and not after["decoding"]

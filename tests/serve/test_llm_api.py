@@ -1,7 +1,6 @@
 """End to end: real Serve, real vLLM (SmolLM2 on CPU), real HTTP, the official openai SDK."""
 
 import json
-import time
 
 import httpx
 import openai
@@ -10,6 +9,7 @@ from openai import OpenAI
 
 from tests.openai_schema import validate
 from tests.serve.conftest import OTHER_KEY
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
 
@@ -234,8 +234,6 @@ def test_client_disconnect_aborts_generation(base_url: str, http: httpx.Client):
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
         assert llm.num_unfinished_requests.remote().result() == 1
-    # The connection is closed mid-stream: the engine drops the request within a second.
-    deadline = time.monotonic() + 1.0
-    while llm.num_unfinished_requests.remote().result() != 0:
-        assert time.monotonic() < deadline, "generation still running 1 s after disconnect"
-        time.sleep(0.05)
+    # The connection is closed mid-stream: the engine drops the request (had it not, its
+    # 1500 tokens would keep it busy for over a minute).
+    wait_until(lambda: llm.num_unfinished_requests.remote().result() == 0, 5, "the request dropped")

@@ -4,8 +4,6 @@
 against ``AppConfig`` first, so a bad config fails the deploy with pydantic's message.
 """
 
-import time
-
 from ray import serve
 from ray.serve import Application
 
@@ -42,4 +40,6 @@ def build_app(args: AppConfig) -> Application:
     )
     ingress = serve.deployment(Ingress).options(**args.ingress.to_serve_options("ingress"))
     config = args.model_dump(mode="json")
-    return ingress.bind(config, handles, preprocessor, limiter, int(time.time()))
+    # Only what the config says goes into the bind: the same config binds the same arguments,
+    # so Serve's redeploy of it replaces no replica.
+    return ingress.bind(config, handles, preprocessor, limiter)

@@ -5,6 +5,7 @@ behind the DeploymentHandles do the work.
 """
 
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI
@@ -71,7 +72,9 @@ class Ingress:
 
     ``handles`` maps each model id to its deployment's handle; ``preprocessor`` is the audio
     pool's handle (None without speech models); ``rate_limiter`` holds the shared per-key
-    counters.
+    counters. ``/v1/models`` reports the replica's start as the models' ``created`` time (a
+    bind argument would change with every build, and Serve would replace every replica on a
+    redeploy of the same config).
     """
 
     def __init__(
@@ -80,12 +83,11 @@ class Ingress:
         handles: dict[str, Any],
         preprocessor: Any,
         rate_limiter: Any,
-        created: int,
     ) -> None:
         self.settings = Settings()
         logging.getLogger(LOGGER).setLevel(self.settings.log_level.upper())
         self.registry = ModelRegistry(
-            AppConfig.model_validate(config), handles, created, preprocessor
+            AppConfig.model_validate(config), handles, int(time.time()), preprocessor
         )
         self.keys = KeyStore(load_keys(self.settings.api_keys, self.settings.keys_file))
         self.rate_limits = RateLimits(rate_limiter)

@@ -6,11 +6,12 @@ import re
 import threading
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.audio_files import CONTAINERS, SPEECH_DE, SPEECH_EN, silence_flac, transcode
+from tests.audio_files import CONTAINERS, SPEECH_DE, SPEECH_EN, silence_flac, transcode, wav_bytes
 from tests.openai_schema import validate
 from tests.serve.test_llm_api import sse_events
 
@@ -270,3 +271,21 @@ def test_batched_requests_each_get_their_own_transcript(client: OpenAI):
     windows = after["windows_decoded"] - before["windows_decoded"]
     assert windows == before["windows_decoded"] - start["windows_decoded"]  # as alone
     assert after["active"] == 0 and not after["decoding"]
+
+
+def test_faint_noise_is_no_speech_and_decodes_nothing(client: OpenAI):
+    """A minute of hiss at -50 dBFS (not digital zeros): the VAD finds no speech, so the
+    answer is empty text and the model decodes no window (without the VAD, Whisper invents
+    words after a minute of decoding: bench/silence_bench.py)."""
+    from ray import serve
+
+    whisper = serve.get_deployment_handle("whisper-whisper-base", app_name="openai")
+    hiss = np.random.default_rng(0).normal(0, 10 ** (-50 / 20), 60 * 16_000)
+    before = whisper.stats.remote().result()["windows_decoded"]
+    result = client.audio.transcriptions.create(
+        model="whisper-base", file=("hiss.wav", wav_bytes(hiss, 16_000)),
+        response_format="verbose_json",
+    )  # fmt: skip
+    assert result.text == "" and not result.segments
+    assert result.duration == pytest.approx(60, abs=0.01)
+    assert whisper.stats.remote().result()["windows_decoded"] == before

@@ -74,6 +74,65 @@ def test_xtc_at_probability_one_changes_the_greedy_choice(client):
     assert greedy(client, QUESTION, max_tokens=12, xtc_probability=1.0) != plain
 
 
+def test_xtc_draws_follow_the_seed(client):
+    """XTC removes the top choices at random (probability 0.5 a token): the same seed gives
+    the same text, other seeds other texts."""
+
+    def xtc(seed: int) -> str:
+        return greedy(client, QUESTION, max_tokens=24, xtc_probability=0.5, seed=seed)
+
+    first = xtc(1)
+    assert xtc(1) == first
+    assert len({first, *(xtc(seed) for seed in range(2, 6))}) > 1
+
+
+def test_response_format_json_schema_constrains_the_answer(client):
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+        "required": ["city", "country"],
+        "additionalProperties": False,
+    }
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Name a city and its country, as JSON."}],
+        temperature=0,
+        max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+    )
+    answer = json.loads(reply.choices[0].message.content)
+    assert set(answer) == {"city", "country"}
+    assert all(isinstance(v, str) for v in answer.values())
+
+
+def test_response_format_json_object_is_json(client):
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {
+                "role": "user",
+                "content": 'Reply with a JSON object whose key "capital" holds the capital of '
+                "France.",
+            }
+        ],
+        temperature=0,
+        max_tokens=200,
+        response_format={"type": "json_object"},
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    assert isinstance(json.loads(choice.message.content), dict)
+
+
+def test_structured_outputs_choice(client):
+    for question in ("Is Paris in France?", "Is the sea dry?"):
+        answer = greedy(
+            client, [{"role": "user", "content": question}], max_tokens=5,
+            structured_outputs={"choice": ["yes", "no"]},
+        )  # fmt: skip
+        assert answer in ("yes", "no")
+
+
 def test_top_k_one_at_high_temperature_is_greedy(client):
     plain = greedy(client, QUESTION, max_tokens=16)
     hot = client.chat.completions.create(

@@ -69,8 +69,10 @@ class RateLimiter:
             waits.append(requests.retry_after(now, rpm))
         for kind in kinds:
             budget = limits.get(KINDS[kind])
+            if budget is None:
+                continue
             usage = self._window(key, kind, now)
-            if budget is not None and usage.total >= budget:
+            if usage.total >= budget:
                 waits.append(usage.retry_after(now, budget))
         if waits:
             return max(waits)

@@ -3,8 +3,9 @@
 faster-whisper is imported in ``__init__`` (through ``deployments.whisper.engine``).
 
 Concurrent requests share the model through continuous batching (``Batcher``): each
-request prepares its audio (VAD, 30-second windows, features) in a thread of its own and
-queues its windows; whenever the model (one thread) is free, it decodes every queued window,
+request walks its audio (VAD, features, one 30-second window after another: where a window
+starts depends on how the last one decoded) in a thread of its own and queues each window
+as it comes; whenever the model (one thread) is free, it decodes every queued window,
 up to ``max_batch_size``, in one call. Windows that arrive while the model is busy batch up
 without any wait. (Serve's ``@serve.batch`` forms a batch from what arrives within its wait
 window, even while the model is still busy with the previous one: with Whisper's second-long

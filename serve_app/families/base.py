@@ -29,7 +29,9 @@ class Family:
     application is built. ``bind`` makes one deployment per configured model (each called with
     ``(model_id, source, engine_options)``) unless the family groups models differently.
     ``check`` refuses requests the model is not configured for; ``backend_body`` turns a
-    validated request into what its deployment runs.
+    validated request into what its deployment runs. ``replica_env`` gives environment
+    variables a model's replica processes start with (e.g. thread counts their native
+    libraries read once, at load).
     """
 
     name: str
@@ -44,6 +46,7 @@ class Family:
     check: Callable[[Any, Any], None] = lambda body, model: None
     backend_body: Callable[[Any, Any], dict[str, Any]] | None = None
     bind: Callable[[list[Any], Any], dict[str, Application]] | None = None
+    replica_env: Callable[[Any], dict[str, str]] = lambda model: {}
 
     def deployment_class(self) -> type:
         module, _, name = self.deployment.partition(":")
@@ -64,6 +67,8 @@ class Family:
                     "models first (`make setup` or `python -m serve_app.models prepare`)"
                 )
             options = model.deployment.to_serve_options(deployment_name(model.id, self.name))
+            if env := self.replica_env(model):
+                options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
             deployment = serve.deployment(self.deployment_class()).options(**options)
             bound[model.id] = deployment.bind(model.id, source, model.engine.model_dump())
         return bound

@@ -20,7 +20,12 @@ class WhisperEngineOptions(StrictModel):
         "silence and faint noise come out as invented text ('You You You') after seconds to "
         "minutes of decoding (bench/silence_bench.py).",
     )
-    cpu_threads: int = Field(0, ge=0, description="CTranslate2 CPU threads (0: its default).")
+    cpu_threads: int = Field(
+        0,
+        ge=0,
+        description="CTranslate2 CPU threads, also the replica's OMP_NUM_THREADS (0: Ray's "
+        "default, floor(num_cpus), at least 1).",
+    )
     max_batch_size: int = Field(
         8,
         ge=1,
@@ -51,6 +56,15 @@ class WhisperModelConfig(LocalModelBase):
         return None
 
 
+def replica_env(model: WhisperModelConfig) -> dict[str, str]:
+    """OpenMP's thread count, read once when CTranslate2 loads. Unset, Ray gives a replica
+    OMP_NUM_THREADS = floor(num_cpus), at least 1, under which CTranslate2 computes other
+    encoder outputs than with ``cpu_threads`` threads (up to 2 apart on whisper-base: another
+    transcript than faster-whisper's own) and decodes slower."""
+    threads = model.engine.cpu_threads
+    return {"OMP_NUM_THREADS": str(threads)} if threads else {}
+
+
 FAMILY = register(
     Family(
         name="whisper",
@@ -60,5 +74,6 @@ FAMILY = register(
         usage="audio",
         model_type="stt",
         noun="a speech-to-text model",
+        replica_env=replica_env,
     )
 )

@@ -4,8 +4,9 @@ Prints: decode+resample seconds per minute of audio for each container (PyAV + s
 process); for each long recording of the speech corpus (``tests/speech_corpus.py``, espeak-ng,
 known text), the seconds and word error rate of a transcription through `serve run` with the
 official openai SDK, next to faster-whisper in process on the same model files: its
-sequential ``transcribe`` (VAD on, beam 5, as the API decodes) and its
-``BatchedInferencePipeline`` (batch 8); then 8 five-second clips one after another vs all at
+sequential ``transcribe`` (VAD on, beam 5, as the API decodes), once beside the server (up and
+idle: the machine as the API had it) and once alone (server stopped), and its
+``BatchedInferencePipeline`` (batch 8, alone); then 8 five-second clips one after another vs all at
 once through the API, with the batch sizes the Whisper replica reached; then, in process, what
 batching can gain at most: a window's encoder and decoder seconds alone and in a batch of 8.
 Figures, not assertions.
@@ -121,9 +122,9 @@ def batch_histogram(server, model: str) -> dict[str, float]:
     return counts
 
 
-def corpus_table(model: str, api_times: dict[str, tuple[float, str]], runs: int) -> str:
-    """Per recording: seconds and word error rate through the API (``api_times``) and with
-    faster-whisper in process, sequential and batched, on the same model files."""
+def in_process(model: str):
+    """faster-whisper on ``model``'s files with the shipped config's options: its sequential
+    ``transcribe`` and its ``BatchedInferencePipeline`` (batch 8), each ``samples -> text``."""
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
     options = engine_options(model)
@@ -134,33 +135,47 @@ def corpus_table(model: str, api_times: dict[str, tuple[float, str]], runs: int)
         cpu_threads=options["cpu_threads"],
         local_files_only=True,
     )
-    batched = BatchedInferencePipeline(whisper)
-    beam = options["beam_size"]
+    batched, beam = BatchedInferencePipeline(whisper), options["beam_size"]
+
+    def sequential(samples: np.ndarray) -> str:
+        segments, _ = whisper.transcribe(samples, beam_size=beam, vad_filter=True)
+        return "".join(s.text for s in segments)
+
+    def in_batches(samples: np.ndarray) -> str:
+        segments, _ = batched.transcribe(samples, beam_size=beam, batch_size=8)
+        return "".join(s.text for s in segments)
+
+    return sequential, in_batches
+
+
+def time_text(transcribe, name: str, runs: int) -> tuple[float, str]:
+    """Median seconds of ``transcribe`` on recording ``name``, and its text."""
+    samples, text = speech_corpus.render(name).samples, []
+    seconds = timed(lambda: text.append(transcribe(samples)), runs)
+    return seconds, text[-1]
+
+
+def corpus_table(model: str, columns: dict[str, dict[str, tuple[float, str]]], runs: int) -> str:
+    """Per recording: seconds and word error rate % of each column (name -> seconds, text)."""
+    names = next(iter(columns.values()))
+    head = "".join(f" {title:>15}" for title in columns)
     lines = [
         f"{model}: seconds (median of {runs}) and word error rate %, per recording",
-        f"  {'recording':16} {'audio s':>7} {'API':>13} {'sequential':>13} {'batched':>13}"
-        "  API/sequential",
+        f"  {'recording':16} {'audio s':>7}{head}  API/sequential",
     ]
-    for name, (api_s, api_text) in api_times.items():
-        samples, known = speech_corpus.render(name).samples, speech_corpus.text(name)
-        texts = {}
-
-        def sequential(samples=samples, texts=texts) -> None:
-            segments, _ = whisper.transcribe(samples, beam_size=beam, vad_filter=True)
-            texts["sequential"] = "".join(s.text for s in segments)
-
-        def in_batches(samples=samples, texts=texts) -> None:
-            segments, _ = batched.transcribe(samples, beam_size=beam, batch_size=8)
-            texts["batched"] = "".join(s.text for s in segments)
-
-        seq_s, batch_s = timed(sequential, runs), timed(in_batches, runs)
-        rates = {k: speech_corpus.word_error_rate(known, t) for k, t in texts.items()}
-        api_rate = speech_corpus.word_error_rate(known, api_text)
-        lines.append(
-            f"  {name:16} {len(samples) / RATE:7.1f} {api_s:6.1f} ({api_rate:4.1f})"
-            f" {seq_s:6.1f} ({rates['sequential']:4.1f}) {batch_s:6.1f} ({rates['batched']:4.1f})"
-            f"  {api_s / seq_s:.2f}"
+    for name in names:
+        known = speech_corpus.text(name)
+        audio_s = len(speech_corpus.render(name).samples) / RATE
+        cells = "".join(
+            f" {seconds:8.1f} ({speech_corpus.word_error_rate(known, text):4.1f})"
+            for seconds, text in (column[name] for column in columns.values())
         )
+        ratios = " / ".join(
+            f"{columns['API'][name][0] / columns[title][name][0]:.2f}"
+            for title in columns
+            if title.startswith("sequential")
+        )
+        lines.append(f"  {name:16} {audio_s:7.1f}{cells}  {ratios}")
     return "\n".join(lines)
 
 
@@ -178,24 +193,24 @@ def main() -> int:
         print(f"  {ext:5} {cost * 60 / seconds:6.3f} s  ({len(data) / 1024:.0f} KiB)")
 
     names = [n for n in speech_corpus.ACCURACY if args.model != "whisper-tiny.en" or n != "german"]
-    api_times: dict[str, tuple[float, str]] = {}
+    sequential, in_batches = in_process(args.model)
+    columns: dict[str, dict[str, tuple[float, str]]] = {"API": {}, "sequential, beside": {}}
     with running_server() as server:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=600)
+
+        def via_api(samples: np.ndarray) -> str:
+            wav = wav_bytes(samples, RATE)
+            return client.audio.transcriptions.create(model=args.model, file=("a.wav", wav)).text
+
         for name in names:
-            wav = wav_bytes(speech_corpus.render(name).samples, RATE)
-            text: list[str] = []
-
-            def via_api(wav=wav, text=text) -> None:
-                result = client.audio.transcriptions.create(
-                    model=args.model, file=("clip.wav", wav)
-                )
-                text[:] = [result.text]
-
-            via_api()  # warm-up
-            api_times[name] = (timed(via_api, args.runs), text[0])
+            via_api(speech_corpus.render(name).samples)  # warm-up
+            columns["API"][name] = time_text(via_api, name, args.runs)
+            # The reference on the same machine with the server up and idle beside it.
+            columns["sequential, beside"][name] = time_text(sequential, name, args.runs)
         batching = concurrent_clips(server, client, args.model, args.runs)
-
-    print(corpus_table(args.model, api_times, args.runs))
+    columns["sequential, alone"] = {n: time_text(sequential, n, args.runs) for n in names}
+    columns["batched, alone"] = {n: time_text(in_batches, n, args.runs) for n in names}
+    print(corpus_table(args.model, columns, args.runs))
     print(batching)
     from deployments.whisper.engine import WhisperEngine
 

@@ -37,7 +37,7 @@ METRICS_PORT ?= 8080
 
 serve: setup
 	@echo "==> serve run $(CONFIG)  (API on http://127.0.0.1:8000, playground /playground, Ctrl-C stops)"
-	$(PY) -m serve_app.launch $(CONFIG) --metrics-port $(METRICS_PORT)
+	$(PY) -m serve_app.launch $(CONFIG) --metrics-port $(METRICS_PORT) $(LAUNCH_FLAGS)
 
 # Debian packages the tests drive (no download by a test tool): Chromium and its ChromeDriver
 # for the playground's browser test, espeak-ng to synthesise the long speech recordings of the
@@ -52,9 +52,11 @@ test-tools:
 	    -y -qq --no-install-recommends chromium chromium-driver fonts-liberation espeak-ng \
 	  || echo "==> not installed: the browser and speech-accuracy tests will skip"; }
 
-# Two runs: the serve suite's Ray must be gone before the cluster suite starts its own.
+# Three runs, one Ray at a time: the serve suite's session, then `make serve`'s own launcher
+# (tests/default: what listens, who may connect), then the cluster suite's nodes.
 test: setup test-tools
 	$(PY) -m pytest tests/unit tests/gpu tests/serve
+	$(PY) -m pytest tests/default
 	$(PY) -m pytest tests/cluster
 
 test-unit: venv

@@ -31,11 +31,12 @@ HTTP=http://127.0.0.1:8000
 export SERVE_APP_MODELS_DIR=${SERVE_APP_MODELS_DIR:-$ROOT/models}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0
 export SERVE_APP_API_KEYS=${SERVE_APP_API_KEYS-}  # unset: no keys, as `make serve`
-# HTTP through HAProxy to the ingress replicas, as serve_app/launch.py (RAY_ENV)
-export RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_TUNE_BUFSIZE=131072
-# Ray's token authentication, one token for every node and CLI call of this cluster (the
-# dashboard's HTTP API wants it too: `Authorization: Bearer $(cat $DIR/auth_token)`).
-export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$DIR/auth_token
+# HTTP through HAProxy (as serve_app.haproxy adjusts it) to the ingress replicas, and Ray's
+# token authentication, as serve_app/launch.py (RAY_ENV): one token for every node and CLI
+# call of this cluster (the dashboard's HTTP API wants it too:
+# `Authorization: Bearer $(cat $DIR/auth_token)`).
+export RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_TUNE_BUFSIZE=131072 RAY_AUTH_MODE=token
+export RAY_SERVE_HAPROXY_BINARY_PATH=$ROOT/.venv/bin/serve-app-haproxy RAY_AUTH_TOKEN_PATH=$DIR/auth_token
 
 # Per kind: logical CPUs (reservations; the machine's cores are shared) and custom resources.
 declare -A CPUS=([head]=2 [llm]=2 [audio]=2)

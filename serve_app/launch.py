@@ -10,14 +10,31 @@ import argparse
 import os
 import signal
 import sys
-
-import ray
-from ray.serve.scripts import cli
+from pathlib import Path
 
 # Every Ray process of the app inherits these (set before Ray starts; on a cluster, set them on
 # every node: cluster/): HTTP through HAProxy straight to the ingress replicas, with a 128 KiB
-# header buffer. Why, and what it measured: the README's Configuration section.
-RAY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": "131072"}
+# header buffer, run as ``serve_app.haproxy`` adjusts it (its pages on loopback, OpenAI error
+# envelopes); Ray's token authentication. Why, and what it measured: the README's Configuration
+# and Security sections.
+RAY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": "131072",
+    "RAY_AUTH_MODE": "token",
+}
+HAPROXY_SCRIPT = "serve-app-haproxy"  # the console script of serve_app.haproxy (pyproject)
+# `make serve` alone: a one-node Ray whose node address is 127.0.0.1 (Ray's switch for it is
+# named after the platforms where it is the default), so that Ray's servers that bind to the
+# node address (its metrics export, agents, dashboard) listen on loopback only. A multi-node
+# cluster is started otherwise (cluster/).
+LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def ray_env() -> dict[str, str]:
+    """``RAY_ENV`` and where Ray finds our HAProxy: the console script pip installed next to
+    this Python (a cluster sets the path its nodes have: cluster/)."""
+    script = Path(sys.executable).with_name(HAPROXY_SCRIPT)
+    return {**RAY_ENV, "RAY_SERVE_HAPROXY_BINARY_PATH": str(script)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,10 +46,31 @@ def main(argv: list[str] | None = None) -> None:
         default=int(os.environ.get("SERVE_APP_METRICS_PORT", "8080")),
         help="Prometheus scrape port of Ray's metrics agent (env SERVE_APP_METRICS_PORT)",
     )
+    parser.add_argument(
+        "--allow-unauthenticated-ray",
+        action="store_true",
+        help="start even if RAY_AUTH_MODE turns Ray's token authentication off (anyone who "
+        "reaches Ray's ports could then run code on this machine)",
+    )
     args = parser.parse_args(argv)
-    for name, value in RAY_ENV.items():
+    for name, value in {**ray_env(), **LOCAL_ENV}.items():
         os.environ.setdefault(name, value)
-    ray.init(address="local", namespace="serve", _metrics_export_port=args.metrics_port)
+    if os.environ["RAY_AUTH_MODE"].lower() != "token" and not args.allow_unauthenticated_ray:
+        parser.exit(
+            2,
+            f"RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} turns Ray's token authentication off: "
+            "anyone who reaches Ray's ports could run code here. Unset it, or pass "
+            "--allow-unauthenticated-ray (make serve LAUNCH_FLAGS=--allow-unauthenticated-ray).\n",
+        )
+    # Imported only now: Ray reads RAY_AUTH_MODE once, when it is imported.
+    import ray  # noqa: PLC0415
+    from ray.serve.scripts import cli  # noqa: PLC0415
+
+    ray.init(
+        address="local",
+        namespace="serve",
+        _metrics_export_port=args.metrics_port,
+    )
     # SIGTERM (a process manager, `kill`) stops like Ctrl-C: serve run shuts the app down.
     # Set after ray.init, which installs a handler of its own.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -89,9 +89,11 @@ def base_url() -> Iterator[str]:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from serve_app.launch import RAY_ENV  # as `make serve` runs it
+    from serve_app.launch import ray_env  # as `make serve` runs it
 
-    os.environ.update(RAY_ENV)
+    # But RAY_AUTH_MODE: Ray reads it when imported (here, long before), and a local ray.init
+    # turns token authentication on when it is unset (tests/default proves it on `make serve`).
+    os.environ.update({k: v for k, v in ray_env().items() if k != "RAY_AUTH_MODE"})
 
     import ray
     from ray import serve

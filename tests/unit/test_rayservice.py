@@ -2,6 +2,7 @@
 serve config against the one the cluster tests deploy."""
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -91,18 +92,27 @@ def test_rayservice_serves_the_cluster_tests_config_on_nodes_with_its_resources(
 
 
 def test_every_cluster_launcher_sets_the_ray_environment_make_serve_sets():
-    """RAY_ENV (HAProxy in front of the ingress) must reach every node's Ray processes."""
-    from serve_app.launch import RAY_ENV
+    """RAY_ENV (HAProxy in front of the ingress, Ray's token authentication) and our HAProxy
+    script must reach every node's Ray processes."""
+    from serve_app.launch import HAPROXY_SCRIPT, RAY_ENV
 
-    pods = manifest()["spec"]["rayClusterConfig"]
-    groups = [pods["headGroupSpec"], *pods["workerGroupSpecs"]]
-    for group in groups:
+    def check(env: dict[str, str], where: str) -> None:
+        assert RAY_ENV.items() <= env.items(), where
+        assert HAPROXY_SCRIPT in env["RAY_SERVE_HAPROXY_BINARY_PATH"], where
+
+    cluster = manifest()["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"]["mode"] == "token"
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
         (container,) = group["template"]["spec"]["containers"]
-        env = {e["name"]: e.get("value") for e in container["env"]}
-        assert RAY_ENV.items() <= env.items(), group.get("groupName", "head")
-    assignments = " ".join(f"{name}={value}" for name, value in RAY_ENV.items())
+        check({e["name"]: e.get("value") for e in container["env"]}, group.get("groupName", "head"))
     launcher = yaml.safe_load((CLUSTER / "ray-cluster.yaml").read_text())
     for command in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]:
         if "ray start" in command:
-            assert command.startswith(assignments), command
-    assert f"export {assignments}" in (CLUSTER / "local.sh").read_text()
+            check(assignments(command.split("ray start")[0]), command)
+    exports = [line for line in (CLUSTER / "local.sh").read_text().splitlines()]
+    check(assignments(" ".join(x[7:] for x in exports if x.startswith("export "))), "local.sh")
+
+
+def assignments(words: str) -> dict[str, str]:
+    """``NAME=value`` pairs of a shell command line (a value may be a ``$(command)``)."""
+    return dict(re.findall(r"(\w+)=(\$\([^)]*\)|\S+)", words))

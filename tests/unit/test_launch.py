@@ -1,0 +1,14 @@
+"""``serve_app.launch`` (`make serve`) refuses to start Ray without token authentication
+unless told to."""
+
+import pytest
+
+from serve_app import launch
+
+
+def test_refuses_ray_without_authentication(monkeypatch, capsys):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.raises(SystemExit) as stopped:
+        launch.main(["serve_config.yaml"])
+    assert stopped.value.code == 2
+    assert "--allow-unauthenticated-ray" in capsys.readouterr().err

@@ -4,6 +4,7 @@ first byte, secrets never echoed, the upstream request closed when the client go
 import asyncio
 import json
 import logging
+import time
 
 import httpx
 import pytest
@@ -224,3 +225,40 @@ def test_ready_asks_models():
     run(client(handler).ready())
     with pytest.raises(RuntimeError):
         run(client(lambda r: httpx.Response(500)).ready())
+
+
+def test_retry_after_is_waited_before_the_retry():
+    """A 503 asking for 0.3 s: the retry comes no sooner, though our own backoff is 1 ms."""
+    stamps = []
+
+    def handler(request):
+        stamps.append(time.monotonic())
+        if len(stamps) == 1:
+            return httpx.Response(503, headers={"retry-after": "0.3"})
+        return httpx.Response(200, json=ANSWER)
+
+    (frame,) = run(frames(client(handler)))
+    assert isinstance(frame, JSONFrame) and len(stamps) == 2
+    assert stamps[1] - stamps[0] >= 0.3
+
+
+def test_503_after_every_retry_is_502():
+    handler, calls = counting([httpx.Response(503, text="busy")])
+    (frame,) = run(frames(client(handler)))
+    assert len(calls) == 3 and frame.status == 502 and frame.headers is None
+
+
+def test_an_error_event_in_mid_stream_ends_it_with_502_and_its_message(monkeypatch):
+    error = json.dumps({"error": {"message": f"engine overloaded for {SECRET}"}})
+    answer = httpx.Response(200, content=sse(CHUNK, error, CHUNK, "[DONE]"))
+    upstream = client(lambda r: answer, monkeypatch)
+    got = run(frames(upstream, {**CHAT, "stream": True}))
+    assert isinstance(got[0], ChunkFrame) and len(got) == 2  # nothing after the error
+    assert got[1].status == 502 and "engine overloaded" in got[1].message
+    assert SECRET not in got[1].message
+
+
+def test_a_stream_whose_first_event_never_comes_is_504_timeout():
+    upstream = client(lambda r: httpx.Response(200, stream=StalledBody()))
+    (frame,) = run(frames(upstream, {**CHAT, "stream": True}))
+    assert frame.status == 504 and frame.code == "timeout"

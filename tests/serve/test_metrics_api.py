@@ -31,6 +31,9 @@ EXPECTED = [
     ("ray_openai_api_request_duration_seconds_count", {"model": LLM, "stream": "false"}),
     ("ray_openai_api_audio_seconds_total", {"model": STT, "route": "/v1/audio/transcriptions"}),
     ("ray_whisper_realtime_factor_count", {"model": STT}),
+    ("ray_whisper_batch_size_count", {"model": STT}),
+    # A stream the client left after its first chunk (below): 499, nginx's "client went away".
+    ("ray_openai_api_requests_total", {"model": LLM, "status": "499"}),
     ("ray_vllm_request_success_total", {"model_name": LLM}),
     ("ray_vllm_time_to_first_token_seconds_count", {"model_name": LLM}),
     ("ray_vllm_inter_token_latency_seconds_count", {"model_name": LLM}),
@@ -77,6 +80,11 @@ def scraped(base_url, http, client, metrics_url):
                 pass
             with SPEECH_EN.open("rb") as audio:
                 client.audio.transcriptions.create(model=STT, file=audio)
+            left = client.chat.completions.create(
+                **chat, max_tokens=200, stream=True, extra_body={"ignore_eos": True}
+            )
+            next(iter(left))  # the first chunk, then the client goes away
+            left.close()
 
     httpx.post(f"{base_url}/v1/chat/completions", headers={"Authorization": "Bearer nope"})
     http.post(

@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from tests.audio_files import SPEECH_EN
@@ -56,7 +57,19 @@ def test_endpoint_and_model_scopes(base_url: str):
         tiny.chat.completions.create(model=MODEL, messages=HELLO)
 
 
-def test_requests_per_minute_hold_across_ingress_replicas(base_url: str):
+def requests_per_replica(metrics_url: str, key: str) -> dict[str, float]:
+    """Requests of ``key`` each ingress replica has counted (``ray_openai_api_requests_total``
+    by its ``replica`` label), from one scrape."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text):
+        for sample in family.samples:
+            if sample.name == "ray_openai_api_requests_total" and sample.labels["key"] == key:
+                replica = sample.labels["replica"]
+                counts[replica] = counts.get(replica, 0) + sample.value
+    return counts
+
+
+def test_requests_per_minute_hold_across_ingress_replicas(base_url: str, metrics_url: str):
     status = serve.status().applications["openai"].deployments["ingress"]
     assert status.replica_states.get("RUNNING") == 2  # two replicas share the counters
     headers = {"Authorization": "Bearer few-requests-secret"}
@@ -70,6 +83,14 @@ def test_requests_per_minute_hold_across_ingress_replicas(base_url: str):
                 assert response.json()["error"]["code"] == "rate_limit_exceeded"
                 assert 1 <= int(response.headers["retry-after"]) <= 60
     assert codes.count(200) == RPM_LIMIT and codes.count(429) == RPM_LIMIT * 2
+
+    # Both replicas served (a per-replica counter would have let through twice the limit).
+    def both_counted() -> dict[str, float] | None:
+        counts = requests_per_replica(metrics_url, "few-requests")
+        return counts if sum(counts.values()) == len(codes) else None
+
+    counts = wait_until(both_counted, 60, "the key's requests in the metrics")
+    assert len(counts) == 2 and min(counts.values()) > 0, counts
 
 
 def test_tokens_per_minute(base_url: str):

@@ -7,64 +7,26 @@ machine with the serve suite's."""
 
 import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import httpx
 import psutil
 import pytest
 
+from bench.server import Server, running_server  # `make serve`'s launcher, as the benchmarks run it
 from serve_app.launch import LOCAL_ENV
 
-ROOT = Path(__file__).resolve().parents[2]
-URL = "http://127.0.0.1:8000"  # serve_config.yaml's http_options
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def default() -> Iterator[tuple[psutil.Process, int]]:
-    """The launcher's process and its metrics port, once /health answers 200."""
-    metrics_port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-    env["SERVE_APP_API_KEYS"] = ""  # as `make serve` without keys
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serve_app.launch", "serve_config.yaml"]
-        + ["--metrics-port", str(metrics_port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert proc.poll() is None, "serve_app.launch exited"
-            assert time.monotonic() < deadline, "the default did not become healthy"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{URL}/health", timeout=5).status_code == 200:
-                    break
-            time.sleep(1)
-        yield psutil.Process(proc.pid), metrics_port
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+def default() -> Iterator[Server]:
+    """The running default, once /health answers 200."""
+    with running_server() as server:
+        yield server
 
 
 def listeners(root: psutil.Process) -> list[tuple[str, int, str]]:
@@ -91,10 +53,9 @@ def grpc_refuses_without_token(port: int) -> bool:
 
 
 def test_nothing_unauthenticated_listens_off_loopback(default):
-    root, metrics_port = default
-    found = listeners(root)
-    ports = {port for _, port, _ in found}
-    assert {8000, metrics_port, 8404, 9101} <= ports  # the API, metrics, HAProxy's pages
+    found = listeners(psutil.Process(default.pid))
+    pages = {httpx.URL(default.url).port, httpx.URL(default.metrics_url).port, 8404, 9101}
+    assert pages <= {port for _, port, _ in found}  # the API, metrics, HAProxy's pages
     exposed = [(ip, port, name) for ip, port, name in found if ip not in LOOPBACK]
     for ip, port, name in exposed:
         # Serve's inter-replica gRPC binds [::]:0 whatever the node address (Ray's
@@ -102,7 +63,7 @@ def test_nothing_unauthenticated_listens_off_loopback(default):
         assert name.startswith("ray::ServeRepli"), (ip, port, name)
         assert grpc_refuses_without_token(port), (ip, port, name)
     for ip, port, name in found:
-        if port in (8000, metrics_port, 8404, 9101):
+        if port in pages:
             assert ip in LOOPBACK, (ip, port, name)
 
 
@@ -129,6 +90,6 @@ def test_a_ray_driver_without_the_token_is_refused(default):
 
 def test_headers_as_many_and_as_large_as_before_haproxy(default):
     headers = {f"x-custom-{i}": "v" * 240 for i in range(256)}  # 256 lines, ~64 KiB
-    answer = httpx.get(f"{URL}/v1/models", headers=headers, timeout=30)
+    answer = httpx.get(f"{default.url}/v1/models", headers=headers, timeout=30)
     assert answer.status_code == 200, answer.text
     assert answer.json()["object"] == "list"

@@ -53,15 +53,17 @@ def main(argv: list[str] | None = None) -> None:
         "reaches Ray's ports could then run code on this machine)",
     )
     args = parser.parse_args(argv)
-    for name, value in {**ray_env(), **LOCAL_ENV}.items():
-        os.environ.setdefault(name, value)
-    if os.environ["RAY_AUTH_MODE"].lower() != "token" and not args.allow_unauthenticated_ray:
+    env = {**ray_env(), **LOCAL_ENV}
+    mode = os.environ.get("RAY_AUTH_MODE", env["RAY_AUTH_MODE"])
+    if mode.lower() != "token" and not args.allow_unauthenticated_ray:
         parser.exit(
             2,
-            f"RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']} turns Ray's token authentication off: "
-            "anyone who reaches Ray's ports could run code here. Unset it, or pass "
-            "--allow-unauthenticated-ray (make serve LAUNCH_FLAGS=--allow-unauthenticated-ray).\n",
+            f"RAY_AUTH_MODE={mode} turns Ray's token authentication off: anyone who reaches "
+            "Ray's ports could run code here. Unset it, or pass --allow-unauthenticated-ray "
+            "(make serve LAUNCH_FLAGS=--allow-unauthenticated-ray).\n",
         )
+    for name, value in env.items():
+        os.environ.setdefault(name, value)
     # Imported only now: Ray reads RAY_AUTH_MODE once, when it is imported.
     import ray  # noqa: PLC0415
     from ray.serve.scripts import cli  # noqa: PLC0415

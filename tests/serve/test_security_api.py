@@ -146,7 +146,7 @@ def test_request_timeout_is_504_and_aborts_the_generation(client: OpenAI):
         )
     assert info.value.status_code == 504
     assert info.value.code == "timeout"
-    assert time.monotonic() - start < 70  # the session's request_timeout_s is 60
+    assert 60 <= time.monotonic() - start < 70  # the session's request_timeout_s is 60
     wait_engine_idle(5)
 
 

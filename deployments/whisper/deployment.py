@@ -15,6 +15,7 @@ calls its batches stayed at one window.)
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -182,6 +183,7 @@ class WhisperDeployment:
         loop = asyncio.get_running_loop()
         batcher = self.batcher
         pending: set[concurrent.futures.Future] = set()
+        cancelled = threading.Event()  # the call is over: the walk submits no more windows
 
         def decode(windows: list[Any]) -> list[Any]:
             """In this request's thread: wait for the batcher to decode ``windows``."""
@@ -189,8 +191,12 @@ class WhisperDeployment:
             async def decode_all() -> list[Any]:
                 return list(await asyncio.gather(*(batcher.submit(w) for w in windows)))
 
+            if cancelled.is_set():
+                raise concurrent.futures.CancelledError
             future = asyncio.run_coroutine_threadsafe(decode_all(), loop)
             pending.add(future)
+            if cancelled.is_set():  # set after the check above, maybe before ``pending`` was read
+                future.cancel()
             try:
                 return future.result()
             finally:
@@ -221,7 +227,8 @@ class WhisperDeployment:
                     text = segment["text"] if segments else segment["text"].lstrip()
                     yield formats.delta_event(text)
                 segments.append(segment)
-        finally:  # cancelled: windows still queued for the batcher are dropped
+        finally:  # cancelled: windows still queued for the batcher are dropped, none follow
+            cancelled.set()
             for future in list(pending):
                 future.cancel()
         if params.get("stream"):

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sys
+from http import HTTPStatus
 from pathlib import Path
 
 MAX_HEADERS = 1024
@@ -39,8 +40,6 @@ ANSWERS = {
           "Retry-After.", "server_error", "unavailable"),
     504: (504, "The server did not answer in time.", "server_error", "timeout"),
 }  # fmt: skip
-REASONS = {400: "Bad Request", 408: "Request Timeout", 500: "Internal Server Error",
-           503: "Service Unavailable", 504: "Gateway Timeout"}  # fmt: skip
 
 
 def error_file(haproxy_status: int) -> str:
@@ -48,7 +47,7 @@ def error_file(haproxy_status: int) -> str:
     status, message, kind, code = ANSWERS[haproxy_status]
     body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
     head = [
-        f"HTTP/1.1 {status} {REASONS[status]}",
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
         "Content-Type: application/json",
         f"Content-Length: {len(body.encode())}",
         "Cache-Control: no-cache",

@@ -1,14 +1,14 @@
 """``serve_app.haproxy``: the changes to Ray's HAProxy config, and its error answers."""
 
 import json
-import socket
 import subprocess
-import time
 
 import httpx
 import pytest
 
 from serve_app import haproxy
+from tests.serve.conftest import free_port
+from tests.waiting import wait_until
 
 # The lines of Ray 2.60's template (ray/serve/_private/haproxy_templates.py) that change.
 RAY_CONFIG = """global
@@ -94,23 +94,11 @@ def test_no_reachable_server_is_a_json_503_with_retry_after(tmp_path):
     path.write_text(haproxy.rewrite(config, tmp_path / "errors"))
     proc = subprocess.Popen([haproxy.real_binary(), "-db", "-f", str(path)])
     try:
-        answer = None
-        for _ in range(50):
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{front}/v1/models", timeout=10)
-                break
-            except httpx.ConnectError:
-                time.sleep(0.1)
-        assert answer is not None
+        url = f"http://127.0.0.1:{front}/v1/models"
+        answer = wait_until(lambda: httpx.get(url, timeout=10), 10, "HAProxy listening")
         assert answer.status_code == 503
         assert answer.headers["retry-after"] == "1"
         assert answer.json()["error"]["type"] == "server_error"
     finally:
         proc.kill()
         proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -63,7 +63,13 @@ async def transcribe_parts(
             decoded = models.preprocessor.decode.remote(data)
             return stt.handle.options(stream=True).transcribe.remote(decoded, TRANSCRIBE)
 
-        frame = await first_frame(call, request_id, limits.request_timeout_s, limits.retry_after_s)
+        frame = await first_frame(
+            call,
+            request_id,
+            limits.request_timeout_s,
+            limits.retry_after_s,
+            needs=(models.preprocessor, stt.handle),
+        )
         if isinstance(frame, ErrorFrame):
             raise APIError(frame.status, frame.message, param=param, code=frame.code)
         if not isinstance(frame, JSONFrame):

@@ -3,10 +3,12 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from ray import serve
 from ray.serve.exceptions import BackPressureError
 
 from deployments.common.contracts import (
@@ -26,6 +28,64 @@ logger = logging.getLogger(LOGGER)
 
 UsageCallback = Callable[[Usage], None] | None
 ErrorCallback = Callable[[ErrorFrame], None] | None
+
+# A call still waiting for a replica is checked this often: if a deployment it needs has no
+# running replica (its node is gone, or it is restarting), the client gets 503 at once
+# instead of waiting out the request timeout in Serve's queue.
+PROBE_S = 2.0
+
+
+def _running_replicas() -> dict[tuple[str, str], int]:
+    """RUNNING replicas per (application, deployment), from Serve's controller."""
+    return {
+        (app_name, name): deployment.replica_states.get("RUNNING", 0)
+        for app_name, app in serve.status().applications.items()
+        for name, deployment in app.deployments.items()
+    }
+
+
+class Replicas:
+    """Running replica counts from Serve's controller, fetched (in a thread: the call blocks)
+    at most once per ``max_age_s`` and shared by every call of this process that waits."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], dict[tuple[str, str], int]] = _running_replicas,
+        max_age_s: float = PROBE_S,
+    ) -> None:
+        self.fetch = fetch
+        self.max_age_s = max_age_s
+        self._counts: dict[tuple[str, str], int] = {}
+        self._at = -math.inf
+        self._pending: asyncio.Future | None = None
+
+    async def missing(self, handles: Sequence[Any]) -> str | None:
+        """The name of the first deployment of ``handles`` with no running replica, if any."""
+        now = asyncio.get_running_loop().time()
+        if now - self._at > self.max_age_s:
+            if self._pending is None or self._pending.done():
+                self._pending = asyncio.ensure_future(asyncio.to_thread(self.fetch))
+            try:
+                self._counts = await asyncio.shield(self._pending)
+            except Exception:
+                logger.exception("could not read replica states from Serve's controller")
+                return None  # unknown: keep waiting
+            self._at = now
+        for handle in handles:
+            key = (handle.app_name, handle.deployment_name)
+            if self._counts.get(key, 1) == 0:
+                return handle.deployment_name
+        return None
+
+
+REPLICAS = Replicas()
+
+
+def _assigned(stream: Any) -> bool:
+    """Whether Serve has given the call to a replica (then it fails by itself if the replica
+    dies). Private to Serve: a Ray upgrade that renames it fails tests/serve's probe test."""
+    future = getattr(stream, "_replica_result_future", None)
+    return future is None or future.done()
 
 
 def _cancel(stream: Any) -> None:
@@ -57,18 +117,47 @@ async def _rest(
 
 
 async def open_call(
-    call: Callable[[], Any], request_id: str, timeout_s: float, retry_after_s: int
+    call: Callable[[], Any],
+    request_id: str,
+    timeout_s: float,
+    retry_after_s: int,
+    needs: Sequence[Any] = (),
 ) -> tuple[Any, Frame]:
     """Make a streaming handle call and await its first frame: ``(stream, first)``.
 
     No first frame within ``timeout_s``: the call is cancelled (aborting the engine work) and
-    ``APIError`` 504 is raised. A full deployment queue is 503 with ``Retry-After``; any other
-    failure of the call (a dead replica, say) is 503 naming only the request id.
+    ``APIError`` 504 is raised. A full deployment queue is 503 with ``Retry-After``, and so is
+    a call still waiting for a replica while a deployment it ``needs`` (handles) has none
+    running; any other failure of the call (a dead replica, say) is 503 naming only the
+    request id.
     """
-    stream = None
+    stream = first = None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     try:
         stream = call()  # a full queue can raise here already
-        return stream, await asyncio.wait_for(stream.__anext__(), timeout_s)
+        first = asyncio.ensure_future(stream.__anext__())
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError
+            wait = min(PROBE_S, remaining) if needs else remaining
+            done, _ = await asyncio.wait({first}, timeout=wait)
+            if done:
+                return stream, first.result()
+            if needs and not _assigned(stream) and (gone := await REPLICAS.missing(needs)):
+                _cancel(stream)
+                logger.warning("%s has no running replica [request_id=%s]", gone, request_id)
+                raise APIError(
+                    503,
+                    _with_id(
+                        f"The model backend is unavailable: {gone} has no running "
+                        "replica. Please retry",
+                        request_id,
+                    ),
+                    code="unavailable",
+                    headers={"Retry-After": str(retry_after_s)},
+                )
     except StopAsyncIteration:
         logger.error("backend returned no frame [request_id=%s]", request_id)
         raise APIError(500, _with_id("The server had an error.", request_id)) from None
@@ -85,10 +174,15 @@ async def open_call(
             code="overloaded",
             headers={"Retry-After": str(retry_after_s)},
         ) from None
+    except APIError:
+        raise
     except Exception:
         _cancel(stream)
         logger.exception("backend call failed [request_id=%s]", request_id)
         raise APIError(503, _with_id("The model backend is unavailable.", request_id)) from None
+    finally:
+        if first is not None and not first.done():
+            first.cancel()
 
 
 def _with_id(message: str, request_id: str) -> str:
@@ -96,10 +190,14 @@ def _with_id(message: str, request_id: str) -> str:
 
 
 async def first_frame(
-    call: Callable[[], Any], request_id: str, timeout_s: float, retry_after_s: int
+    call: Callable[[], Any],
+    request_id: str,
+    timeout_s: float,
+    retry_after_s: int,
+    needs: Sequence[Any] = (),
 ) -> Frame:
     """The first frame of a call whose answer is one frame (the call is then closed)."""
-    stream, first = await open_call(call, request_id, timeout_s, retry_after_s)
+    stream, first = await open_call(call, request_id, timeout_s, retry_after_s, needs)
     _cancel(stream)
     return first
 
@@ -110,17 +208,19 @@ async def frames_to_response(
     *,
     timeout_s: float,
     retry_after_s: int,
+    needs: Sequence[Any] = (),
     on_usage: UsageCallback = None,
     on_error: ErrorCallback = None,
 ) -> Response:
     """Make a streaming handle call and answer with its frames (see ``open_call``).
 
+    ``needs`` are the handles of the deployments the call goes through (see ``open_call``).
     Errors the backend reports become envelopes with their status; a JSON or text frame is
     the whole body; a chunk starts an SSE stream of the rest. ``on_usage`` gets what the
     request cost; ``on_error`` an error that arrives inside a stream.
     """
     try:
-        stream, first = await open_call(call, request_id, timeout_s, retry_after_s)
+        stream, first = await open_call(call, request_id, timeout_s, retry_after_s, needs)
     except APIError as exc:
         return error_response(exc.frame, exc.headers)
     if isinstance(first, ErrorFrame):

@@ -150,12 +150,18 @@ async def admit(
 
 
 async def run_backend(
-    request: Request, model: ServedModel, record: Finished, stream: bool, call: Callable[[], Any]
+    request: Request,
+    model: ServedModel,
+    record: Finished,
+    stream: bool,
+    call: Callable[[], Any],
+    through: tuple[Any, ...] = (),
 ) -> Response:
     """Make ``call()`` (a streaming handle call) and answer with its frames.
 
     The first frame must come within the stream TTFT limit (streams) or the request timeout
-    (everything else). Usage and errors inside a stream go into ``record``.
+    (everything else). Usage and errors inside a stream go into ``record``. ``through``: the
+    handles of other deployments the call passes on its way to the model's (the audio pool).
     """
     limits = request.app.state.registry.config.limits
     record.stream = stream
@@ -171,6 +177,7 @@ async def run_backend(
         record.request_id,
         timeout_s=limits.stream_ttft_timeout_s if stream else limits.request_timeout_s,
         retry_after_s=limits.retry_after_s,
+        needs=(*through, model.handle),
         on_usage=record.add_usage,
         on_error=record.failed,
     )

@@ -61,7 +61,9 @@ async def _speech(task: str, request: Request, key: APIKey | None) -> Response:
         decoded = models.preprocessor.decode.remote(data)
         return model.handle.options(stream=True).transcribe.remote(decoded, payload)
 
-    return await run_backend(request, model, record, params.stream, call)
+    return await run_backend(
+        request, model, record, params.stream, call, through=(models.preprocessor,)
+    )
 
 
 @router.post("/v1/audio/transcriptions")

@@ -249,6 +249,17 @@ def test_losing_the_audio_node_fails_fast_and_recovers_when_one_returns(cluster,
 
     health = wait_until(health_names_whisper_down, 90, "/health naming Whisper not ready")
     down_at = time.monotonic() - killed
+    # A transcription that starts now has no audio pool to decode on nor Whisper replica to
+    # run on (their replacements wait for an audio node): 503 at once, not after the
+    # request timeout in Serve's queue.
+    asked = time.monotonic()
+    refused = transcribe(http)
+    refused_after = time.monotonic() - asked
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "unavailable"
+    assert "has no running replica" in refused.json()["error"]["message"]
+    assert refused.headers["retry-after"] == "2"
+    assert refused_after < 15
     chat = {"model": LLM, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
     assert http.post("/v1/chat/completions", json=chat).status_code == 200
 
@@ -259,6 +270,7 @@ def test_losing_the_audio_node_fails_fast_and_recovers_when_one_returns(cluster,
     wait_until(lambda: http.get("/health", timeout=30).status_code == 200, 120, "/health 200")
     report(
         f"node loss: in-flight transcriptions ended {[r.status_code for r in responses]} "
-        f"{ended:.1f}s after the kill; /health {health['models']} at {down_at:.0f}s; new audio "
+        f"{ended:.1f}s after the kill; /health {health['models']} at {down_at:.0f}s; a new "
+        f"transcription refused in {refused_after:.1f}s; new audio "
         f"node at {returned:.0f}s; transcription works again at {recovered:.0f}s"
     )

@@ -137,6 +137,18 @@ def test_whisper_replica_killed_mid_request_recovers(http: httpx.Client):
     wait_until(transcribed, 120, "a replacement Whisper replica")
 
 
+def test_the_ingress_reads_running_replicas_from_the_controller():
+    """What a call waiting for a replica checks (serve_app/dispatch.py): the real controller's
+    counts, keyed as the ingress's handles name their deployments."""
+    from serve_app.dispatch import _running_replicas
+
+    whisper = serve.get_deployment_handle("whisper-whisper-base", app_name="openai")
+    counts = _running_replicas()
+    assert counts[whisper.app_name, whisper.deployment_name] >= 1
+    assert counts["openai", "audio-preprocessor"] >= 1
+    assert counts["openai", LLM_DEPLOYMENT] == len(replica_pids(LLM_DEPLOYMENT))
+
+
 def test_redeploy_lets_in_flight_streams_finish(http: httpx.Client, base_url: str):
     from serve_app.app import build_app
     from serve_app.config import AppConfig

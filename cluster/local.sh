@@ -7,7 +7,8 @@
 #   audio   audio_node: 1  Whisper replicas and the audio decode pool
 #
 #   cluster/local.sh up              start the three nodes (runs `make setup` first if needed)
-#   cluster/local.sh deploy          `serve deploy cluster/serve_config.local.yaml`, wait for /health
+#   cluster/local.sh deploy          `serve deploy` the plan of cluster/serve_config.local.yaml
+#                                    (serve_app/plan.py), wait for /health
 #   cluster/local.sh status          nodes, their resources, Serve's deployments
 #   cluster/local.sh add-node KIND   start one more node of KIND (llm or audio), e.g. after a loss
 #   cluster/local.sh down            stop every process `up` started (only those)
@@ -86,8 +87,9 @@ up() {
 }
 
 deploy() {
-  log "serve deploy $CONFIG"
-  "$SERVE" deploy "$CONFIG" --address "http://127.0.0.1:$DASHBOARD_PORT"
+  log "serve deploy the plan of $CONFIG (one application per model deployment)"
+  "$PY" -m serve_app.plan "$CONFIG" >"$DIR/plan.yaml"
+  "$SERVE" deploy "$DIR/plan.yaml" --address "http://127.0.0.1:$DASHBOARD_PORT"
   log "waiting for $HTTP/health (model replicas start in 1-3 minutes)"
   for _ in $(seq 1 360); do
     if curl -sf "$HTTP/health" >/dev/null; then log "ready: $HTTP"; return; fi

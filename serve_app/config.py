@@ -48,15 +48,25 @@ class LimitOptions(StrictModel):
     )
 
 
-class AppConfig(StrictModel):
-    """The whole application: the models and the ingress deployment."""
-
-    models: list[ModelConfig] = Field(min_length=1, description="Models to serve.")
+class ModelsDir(StrictModel):
     models_dir: str | None = Field(
         None,
         description="Where relative `source` paths resolve "
         "(default: $SERVE_APP_MODELS_DIR, else ./models at the project root).",
     )
+
+    def resolve_source(self, source: str, default_dir: Path) -> str:
+        """Absolute path of a model's weights directory."""
+        path = Path(source).expanduser()
+        if not path.is_absolute():
+            path = Path(self.models_dir).expanduser() if self.models_dir else default_dir
+            path = path / source
+        return str(path.resolve())
+
+
+class FrontOptions(ModelsDir):
+    """Everything but the models: the ingress, the audio pool, the rate limiter, limits."""
+
     ingress: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(
             num_cpus=0.5, max_ongoing_requests=512, max_queued_requests=512
@@ -77,6 +87,29 @@ class AppConfig(StrictModel):
         ),
         description="The single replica holding per-key rate-limit counters (keep 1 replica).",
     )
+
+
+class FrontConfig(FrontOptions):
+    """``args`` of the front application of a split deployment (``serve_app/plan.py``); the
+    models reach its ingress as the ingress's ``user_config``."""
+
+    speech: bool = Field(
+        False, description="Deploy the audio pool (the plan sets it when a model transcribes)."
+    )
+
+
+class ModelGroupConfig(ModelsDir):
+    """``args`` of one model application of a split deployment: the models one deployment
+    of ``family`` serves (one, or an upstream provider's)."""
+
+    family: str
+    models: list[ModelConfig] = Field(min_length=1)
+
+
+class AppConfig(FrontOptions):
+    """The whole application: the models and the ingress deployment."""
+
+    models: list[ModelConfig] = Field(min_length=1, description="Models to serve.")
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "AppConfig":
@@ -104,11 +137,3 @@ class AppConfig(StrictModel):
     def models_that(self, capability: Capability) -> list[Any]:
         """Configured models whose family can serve ``capability``, in config order."""
         return [m for m in self.models if capability in family_of(m).capabilities]
-
-    def resolve_source(self, source: str, default_dir: Path) -> str:
-        """Absolute path of a model's weights directory."""
-        path = Path(source).expanduser()
-        if not path.is_absolute():
-            path = Path(self.models_dir).expanduser() if self.models_dir else default_dir
-            path = path / source
-        return str(path.resolve())

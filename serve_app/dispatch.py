@@ -181,8 +181,16 @@ async def open_call(
         logger.exception("backend call failed [request_id=%s]", request_id)
         raise APIError(503, _with_id("The model backend is unavailable.", request_id)) from None
     finally:
-        if first is not None and not first.done():
-            first.cancel()
+        if first is not None:
+            first.cancel()  # a no-op once done
+            first.add_done_callback(_consume)
+
+
+def _consume(task: asyncio.Future) -> None:
+    """Retrieve a dropped first-frame task's error (a cancelled call's), so asyncio does not
+    log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _with_id(message: str, request_id: str) -> str:

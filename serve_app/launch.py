@@ -1,5 +1,5 @@
 """``make serve``: start a local Ray whose metrics Prometheus can scrape at a fixed port, then
-``serve run`` a config in it (Ctrl-C or SIGTERM stops both).
+``serve run`` a config's plan in it (``serve_app/plan.py``; Ctrl-C or SIGTERM stops both).
 
 ``serve run`` alone starts Ray with a random metrics port; Ray only takes a fixed one when it
 starts. Every metric of the app (``ray_openai_api_*``), of Serve (``ray_serve_*``) and of
@@ -10,7 +10,10 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
+
+import yaml
 
 # Every Ray process of the app inherits these (set before Ray starts; on a cluster, set them on
 # every node: cluster/): HTTP through HAProxy straight to the ingress replicas, with a 128 KiB
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     import ray  # noqa: PLC0415
     from ray.serve.scripts import cli  # noqa: PLC0415
 
+    from serve_app.plan import plan  # noqa: PLC0415  (imports Ray)
+
     ray.init(
         address="local",
         namespace="serve",
@@ -77,12 +82,17 @@ def main(argv: list[str] | None = None) -> None:
     # Set after ray.init, which installs a handler of its own.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     print(f"==> metrics: http://127.0.0.1:{args.metrics_port}/metrics", flush=True)
-    try:
-        cli.main(args=["run", args.config], prog_name="serve", standalone_mode=False)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        ray.shutdown()
+    # One application per model deployment (serve_app/plan.py), so that `serve deploy` of a
+    # changed plan restarts only what changed.
+    with tempfile.TemporaryDirectory(prefix="serve-app-") as tmp:
+        planned = Path(tmp) / "plan.yaml"
+        planned.write_text(yaml.safe_dump(plan(yaml.safe_load(Path(args.config).read_text()))))
+        try:
+            cli.main(args=["run", str(planned)], prog_name="serve", standalone_mode=False)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            ray.shutdown()
 
 
 if __name__ == "__main__":

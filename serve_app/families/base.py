@@ -26,8 +26,10 @@ class Family:
     """One model family.
 
     ``deployment`` is ``"module:Class"`` of its Serve deployment class, imported only when the
-    application is built. ``bind`` makes one deployment per configured model (each called with
-    ``(model_id, source, engine_options)``) unless the family groups models differently.
+    application is built. ``group`` says which models share a deployment, by its name (one
+    deployment per model unless the family groups them: upstream models by provider);
+    ``bind`` binds one group (default: one model, called with ``(model_id, source,
+    engine_options)``).
     ``check`` refuses requests the model is not configured for; ``backend_body`` turns a
     validated request into what its deployment runs. ``replica_env`` gives environment
     variables a model's replica processes start with (e.g. thread counts their native
@@ -45,32 +47,47 @@ class Family:
     transcribes_audio_parts: bool = False
     check: Callable[[Any, Any], None] = lambda body, model: None
     backend_body: Callable[[Any, Any], dict[str, Any]] | None = None
-    bind: Callable[[list[Any], Any], dict[str, Application]] | None = None
+    group: Callable[[list[Any]], dict[str, list[Any]]] | None = None
+    bind: Callable[[str, list[Any], Any], Application] | None = None
     replica_env: Callable[[Any], dict[str, str]] = lambda model: {}
 
     def deployment_class(self) -> type:
         module, _, name = self.deployment.partition(":")
         return getattr(import_module(module), name)
 
+    def groups(self, models: list[Any]) -> dict[str, list[Any]]:
+        """Deployment name -> the models that deployment serves."""
+        if self.group is not None:
+            return self.group(models)
+        return {deployment_name(model.id, self.name): [model] for model in models}
+
+    def bind_group(
+        self, name: str, models: list[Any], resolve_source: Callable[[str], str]
+    ) -> Application:
+        """The deployment ``name`` serving ``models`` (one of ``groups``), bound."""
+        if self.bind is not None:
+            return self.bind(name, models, self)
+        (model,) = models
+        source = resolve_source(model.source) if self.local_weights else ""
+        if self.local_weights and not Path(source).is_dir():
+            raise ValueError(
+                f"model {model.id!r}: source {source} is not a directory; prepare the "
+                "models first (`make setup` or `python -m serve_app.models prepare`)"
+            )
+        options = model.deployment.to_serve_options(name)
+        if env := self.replica_env(model):
+            options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
+        deployment = serve.deployment(self.deployment_class()).options(**options)
+        return deployment.bind(model.id, source, model.engine.model_dump())
+
     def bind_models(
         self, models: list[Any], resolve_source: Callable[[str], str]
     ) -> dict[str, Application]:
         """model id -> bound deployment, for this family's configured models."""
-        if self.bind is not None:
-            return self.bind(models, self)
         bound = {}
-        for model in models:
-            source = resolve_source(model.source) if self.local_weights else ""
-            if self.local_weights and not Path(source).is_dir():
-                raise ValueError(
-                    f"model {model.id!r}: source {source} is not a directory; prepare the "
-                    "models first (`make setup` or `python -m serve_app.models prepare`)"
-                )
-            options = model.deployment.to_serve_options(deployment_name(model.id, self.name))
-            if env := self.replica_env(model):
-                options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
-            deployment = serve.deployment(self.deployment_class()).options(**options)
-            bound[model.id] = deployment.bind(model.id, source, model.engine.model_dump())
+        for name, group in self.groups(models).items():
+            app = self.bind_group(name, group, resolve_source)
+            bound.update({model.id: app for model in group})
         return bound
 
 

@@ -70,35 +70,36 @@ class UpstreamModelConfig(ModelBase):
         }
 
 
-def bind(models: list[UpstreamModelConfig], family: Family) -> dict[str, Application]:
+def group(models: list[UpstreamModelConfig]) -> dict[str, list[UpstreamModelConfig]]:
     """One deployment per provider, serving all of that provider's models."""
     providers: dict[str, list[UpstreamModelConfig]] = {}
     for model in models:
         providers.setdefault(model.provider_name, []).append(model)
-    bound: dict[str, Application] = {}
-    for name, group in providers.items():
-        first = group[0]
-        for model in group[1:]:
+    for name, members in providers.items():
+        first = members[0]
+        for model in members[1:]:
             differing = [f for f in PROVIDER_FIELDS if getattr(model, f) != getattr(first, f)]
             if differing:
                 raise ValueError(
                     f"upstream models {first.id!r} and {model.id!r} share provider {name!r} "
                     f"but differ in {differing}; give them different `provider` names"
                 )
-        settings = {
-            "base_url": first.base_url.rstrip("/"),
-            "api_key_env": first.api_key_env,
-            "headers": first.headers,
-            "max_concurrency": first.max_concurrency,
-        }
-        options = first.deployment.to_serve_options(f"upstream-{name}")
-        app = (
-            serve.deployment(family.deployment_class())
-            .options(**options)
-            .bind(name, settings, {m.id: m.upstream() for m in group})
-        )
-        bound.update({m.id: app for m in group})
-    return bound
+    return {f"upstream-{name}": members for name, members in providers.items()}
+
+
+def bind(name: str, models: list[UpstreamModelConfig], family: Family) -> Application:
+    first = models[0]
+    settings = {
+        "base_url": first.base_url.rstrip("/"),
+        "api_key_env": first.api_key_env,
+        "headers": first.headers,
+        "max_concurrency": first.max_concurrency,
+    }
+    return (
+        serve.deployment(family.deployment_class())
+        .options(**first.deployment.to_serve_options(name))
+        .bind(first.provider_name, settings, {m.id: m.upstream() for m in models})
+    )
 
 
 def backend_body(body: Any, model: UpstreamModelConfig) -> dict[str, Any]:
@@ -117,6 +118,7 @@ FAMILY = register(
         noun="a remote language model",
         local_weights=False,
         backend_body=backend_body,
+        group=group,
         bind=bind,
     )
 )

@@ -45,9 +45,14 @@ def replicas() -> dict[str, list[dict]]:
     for actor in list_actors(
         address=DASHBOARD, filters=[("state", "=", "ALIVE")], detail=True, limit=1000
     ):
-        match = re.fullmatch(r"ServeReplica:openai:(.+)", actor.class_name)
+        # One application per model deployment (serve_app/plan.py): any application.
+        match = re.fullmatch(r"ServeReplica:[^:]+:(.+)", actor.class_name)
         if match:
-            entry = {"node_id": actor.node_id, "resources": nodes.get(actor.node_id, {})}
+            entry = {
+                "actor_id": actor.actor_id,
+                "node_id": actor.node_id,
+                "resources": nodes.get(actor.node_id, {}),
+            }
             found.setdefault(match.group(1), []).append(entry)
     return found
 
@@ -56,9 +61,10 @@ def replica_counts() -> dict[str, int]:
     """RUNNING replicas per deployment, from Serve's REST API on the dashboard."""
     url = f"{DASHBOARD}/api/serve/applications/"
     body = httpx.get(url, headers=dashboard_headers(), timeout=10).json()
-    deployments = body["applications"]["openai"]["deployments"]
     return {
-        name: sum(r["state"] == "RUNNING" for r in d["replicas"]) for name, d in deployments.items()
+        name: sum(r["state"] == "RUNNING" for r in d["replicas"])
+        for app in body["applications"].values()
+        for name, d in app["deployments"].items()
     }
 
 
@@ -208,6 +214,24 @@ def test_ingress_and_whisper_scale_up_under_load_and_back_down(cluster, http):
         f"{scaled_down:.0f}s; replicas over time: " + "; ".join(changes)
     )
     assert not failures, failures[:5]
+
+
+def test_serve_deploy_of_the_same_plan_restarts_nothing(cluster, http):
+    """`cluster/local.sh deploy` again (`serve deploy` of the same plan, through the dashboard's
+    REST API): no replica is replaced."""
+
+    def actor_ids() -> set[str]:
+        return {r["actor_id"] for found in replicas().values() for r in found}
+
+    before = actor_ids()
+    local("deploy")
+    watched = time.monotonic()
+    # Serve's control loop runs ten times a second: a restart would start a replica here.
+    while time.monotonic() - watched < 10:
+        started = actor_ids() - before
+        assert not started, f"serve deploy of the same plan started replicas {started}"
+        time.sleep(1)
+    assert transcribe(http).status_code == 200
 
 
 def test_losing_the_audio_node_fails_fast_and_recovers_when_one_returns(cluster, http):

@@ -70,6 +70,33 @@ def session_args(args: dict, port: int | None = None) -> dict:
     return args
 
 
+def session_config(port: int) -> dict:
+    """The Serve config the session deploys: the shipped example with ``TEST_OVERRIDES``."""
+    config = yaml.safe_load((ROOT / "examples/loopback-gateway.yaml").read_text())
+    (app,) = config["applications"]
+    session_args(app["args"], port)
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    return config
+
+
+def deploy(config: dict) -> None:
+    """Deploy ``config``'s plan as ``make serve`` and ``serve deploy`` do (serve_app/plan.py):
+    Serve's controller applies it, and a redeploy restarts only what changed."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_app.plan import plan
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(plan(config)))
+
+
+def model_handle(deployment: str):
+    """The handle of a model deployment, in the application the plan names after it."""
+    from ray import serve
+
+    return serve.get_deployment_handle(deployment, app_name=deployment)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -98,13 +125,7 @@ def base_url() -> Iterator[str]:
     import ray
     from ray import serve
 
-    from serve_app.app import build_app
-    from serve_app.config import AppConfig
-
     port, metrics_port = free_port(), free_port()
-    config = yaml.safe_load((ROOT / "examples/loopback-gateway.yaml").read_text())
-    (app_config,) = config["applications"]
-    args = AppConfig.model_validate(session_args(app_config["args"], port))
 
     temp_dir = Path(tempfile.gettempdir()) / f"ray-openai-serve-{os.getuid()}"
     ray.init(
@@ -118,7 +139,7 @@ def base_url() -> Iterator[str]:
     os.environ["TEST_METRICS_URL"] = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(args), name="openai", route_prefix="/", blocking=False)
+        deploy(session_config(port))
         _wait_healthy(f"http://127.0.0.1:{port}")
         yield f"http://127.0.0.1:{port}"
     finally:

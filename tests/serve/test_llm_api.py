@@ -8,7 +8,7 @@ import pytest
 from openai import OpenAI
 
 from tests.openai_schema import validate
-from tests.serve.conftest import OTHER_KEY
+from tests.serve.conftest import OTHER_KEY, model_handle
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
@@ -220,9 +220,8 @@ def test_every_response_carries_a_request_id(base_url: str, http: httpx.Client):
 
 
 def test_client_disconnect_aborts_generation(base_url: str, http: httpx.Client):
-    from ray import serve
 
-    llm = serve.get_deployment_handle(f"llm-{MODEL}", app_name="openai")
+    llm = model_handle(f"llm-{MODEL}")
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Count from 1 to 1000, one per line."}],

@@ -124,3 +124,37 @@ def test_transcribes_the_speech_fixture(playground):
     transcript = playground.find_element(By.ID, "transcript").text.lower()
     assert "quick brown fox" in transcript, playground.find_element(By.ID, "status").text
     assert playground.save_screenshot(str(ARTIFACTS / "playground-speech.png"))
+
+
+def test_thinking_shows_the_reasoning_apart_from_the_answer(playground):
+    """ "think first" opens SmolLM2's <think> block: the page shows the reasoning stream in its
+    own box and counts its tokens (SmolLM2 spends every token of a short reply thinking)."""
+    Select(playground.find_element(By.ID, "chat-model")).select_by_value(LLM)
+    thinking = playground.find_element(By.ID, "chat-thinking")
+    max_tokens = playground.find_element(By.ID, "max-tokens")
+    max_tokens.clear()
+    max_tokens.send_keys("24")
+    thinking.click()
+    try:
+        playground.find_element(By.ID, "chat-input").send_keys("Is 17 a prime number?")
+        playground.find_element(By.ID, "chat-send").click()
+        WebDriverWait(playground, 120).until(
+            lambda d: (
+                "reasoning" in d.find_element(By.ID, "chat-usage").text
+                or d.find_elements(By.CSS_SELECTOR, "#chat-log .error")
+            )
+        )
+        idle(playground)
+    finally:
+        if thinking.is_selected():
+            thinking.click()
+    assert not playground.find_elements(By.CSS_SELECTOR, "#chat-log .error")
+    last = playground.find_elements(By.CSS_SELECTOR, "#chat-log .assistant")[-1]
+    reasoning = last.find_element(By.CSS_SELECTOR, ".reasoning")
+    assert reasoning.text.strip() and reasoning.is_displayed()
+    assert "<think>" not in last.text
+    usage = playground.find_element(By.ID, "chat-usage").text
+    completion = int(usage.split(" completion")[0].rsplit(" ", 1)[1])
+    assert f"{completion} reasoning" in usage, usage
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert playground.save_screenshot(str(ARTIFACTS / "playground-reasoning.png"))

@@ -11,11 +11,10 @@ import time
 import httpx
 import psutil
 import pytest
-import yaml
 from ray import serve
 
 from bench.speech_bench import minute_clip
-from tests.serve.conftest import ROOT, session_args
+from tests.serve.conftest import ROOT, deploy, model_handle, session_config
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
@@ -25,9 +24,19 @@ LLM_DEPLOYMENT = f"llm-{MODEL}"
 
 
 def replica_pids(deployment: str) -> list[int]:
-    """PIDs of the live replica processes (Ray titles them ``ray::ServeReplica:app:name``)."""
-    title = f"ray::ServeReplica:openai:{deployment}"
-    return [p.pid for p in psutil.process_iter(["cmdline"]) if _title(p).split()[:1] == [title]]
+    """PIDs of the live replica processes of ``deployment``."""
+    return sorted(serve_replicas().get(deployment, ()))
+
+
+def serve_replicas() -> dict[str, set[int]]:
+    """Deployment name -> PIDs of its live replica processes (Ray titles them
+    ``ray::ServeReplica:<application>:<deployment>``)."""
+    found: dict[str, set[int]] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        title = _title(process).split()[:1]
+        if title and title[0].startswith("ray::ServeReplica:"):
+            found.setdefault(title[0].rsplit(":", 1)[1], set()).add(process.pid)
+    return found
 
 
 def engine_cores() -> list[psutil.Process]:
@@ -68,7 +77,7 @@ def stream_events(
 
 def test_llm_replica_killed_under_load_recovers(http: httpx.Client):
     (pid,) = replica_pids(LLM_DEPLOYMENT)
-    llm = serve.get_deployment_handle(LLM_DEPLOYMENT, app_name="openai")
+    llm = model_handle(LLM_DEPLOYMENT)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         started = [threading.Event() for _ in range(3)]
         streams = [pool.submit(stream_events, http, 600, event) for event in started]
@@ -112,7 +121,7 @@ def test_llm_replica_killed_under_load_recovers(http: httpx.Client):
 
 def test_whisper_replica_killed_mid_request_recovers(http: httpx.Client):
     (pid,) = replica_pids("whisper-whisper-base")
-    whisper = serve.get_deployment_handle("whisper-whisper-base", app_name="openai")
+    whisper = model_handle("whisper-whisper-base")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(
             http.post,
@@ -137,38 +146,146 @@ def test_whisper_replica_killed_mid_request_recovers(http: httpx.Client):
     wait_until(transcribed, 120, "a replacement Whisper replica")
 
 
-def test_the_ingress_reads_running_replicas_from_the_controller():
+def test_the_ingress_reads_running_replicas_from_the_controller(base_url: str):
     """What a call waiting for a replica checks (serve_app/dispatch.py): the real controller's
     counts, keyed as the ingress's handles name their deployments."""
     from serve_app.dispatch import _running_replicas
 
-    whisper = serve.get_deployment_handle("whisper-whisper-base", app_name="openai")
+    whisper = model_handle("whisper-whisper-base")
     counts = _running_replicas()
     assert counts[whisper.app_name, whisper.deployment_name] >= 1
     assert counts["openai", "audio-preprocessor"] >= 1
-    assert counts["openai", LLM_DEPLOYMENT] == len(replica_pids(LLM_DEPLOYMENT))
+    assert counts[LLM_DEPLOYMENT, LLM_DEPLOYMENT] == len(replica_pids(LLM_DEPLOYMENT))
 
 
-def test_redeploy_lets_in_flight_streams_finish(http: httpx.Client, base_url: str):
-    from serve_app.app import build_app
-    from serve_app.config import AppConfig
+def new_replicas(before: dict[str, set[int]]) -> dict[str, set[int]]:
+    """Replica processes started since ``before``, by deployment (a scale-down only ends some,
+    and is not a restart)."""
+    now = serve_replicas()
+    return {name: pids - before.get(name, set()) for name, pids in now.items()}
 
-    (old_pid,) = replica_pids(LLM_DEPLOYMENT)
-    config = yaml.safe_load((ROOT / "examples/loopback-gateway.yaml").read_text())
-    args = session_args(config["applications"][0]["args"], int(base_url.rsplit(":", 1)[1]))
-    llm = next(m for m in args["models"] if m["family"] == "llm")
-    llm["deployment"]["num_cpus"] = 0.9  # a change that replaces the replicas
-    handle = serve.get_deployment_handle(LLM_DEPLOYMENT, app_name="openai")
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+
+def redeployed(port: int, change=lambda config: None) -> float:
+    """Deploy the session's config again, ``change``d, as `serve deploy` does; wait until
+    Serve's controller has applied it. Returns when it was applied (monotonic)."""
+    before = serve.status().applications["openai"].last_deployed_time_s
+    config = session_config(port)
+    change(config)
+    deploy(config)
+    wait_until(
+        lambda: serve.status().applications["openai"].last_deployed_time_s > before,
+        60,
+        "the controller to apply the redeploy",
+    )
+    return time.monotonic()
+
+
+def test_redeploying_the_same_config_restarts_nothing(http: httpx.Client, base_url: str):
+    before = serve_replicas()
+    applied = redeployed(int(base_url.rsplit(":", 1)[1]))
+    # Serve's control loop runs ten times a second: a restart it decided on would start a
+    # replica within this watch.
+    while time.monotonic() - applied < 10:
+        started = {name: pids for name, pids in new_replicas(before).items() if pids}
+        assert not started, f"the same config restarted {started}"
+        time.sleep(0.5)
+    assert chat_ok(http)
+
+
+def test_a_scale_down_lets_the_stopping_replica_finish_its_requests(
+    http: httpx.Client, base_url: str
+):
+    """Two whisper-tiny.en replicas with transcriptions on both; the config's `deployments`
+    section then scales the deployment to one (as the autoscaler does when load falls, but
+    at a moment we choose): the stopping replica finishes what it holds, with the default
+    `graceful_shutdown_timeout_s` (20 s), and nothing is restarted."""
+    from tests.audio_files import wav_bytes
+    from tests.speech_corpus import RATE, espeak_available, render
+
+    if not espeak_available():
+        pytest.skip("espeak-ng renders the recording (`make test` installs it)")
+    port = int(base_url.rsplit(":", 1)[1])
+    deployment = "whisper-whisper-tiny-en"
+
+    def replicas_of(n: int):
+        autoscaling = {"min_replicas": n, "max_replicas": n}
+
+        def change(config: dict) -> None:
+            (app,) = config["applications"]
+            app["deployments"] = [{"name": deployment, "autoscaling_config": autoscaling}]
+
+        return change
+
+    redeployed(port, replicas_of(2))
+    wait_until(lambda: len(replica_pids(deployment)) == 2, 120, "two whisper-tiny.en replicas")
+    two = set(replica_pids(deployment))
+    clip = wav_bytes(render("lighthouse").samples[: 20 * RATE], RATE)  # 20 s, 4 sentences
+    whisper = model_handle(deployment)
+
+    def transcribe() -> tuple[int, float]:
+        files = {"file": ("clip.wav", clip)}
+        response = http.post(
+            "/v1/audio/transcriptions", files=files, data={"model": "whisper-tiny.en"}
+        )
+        return response.status_code, time.monotonic()
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        # Serve's router sends each to the less busy of the two: two each.
+        pending = [pool.submit(transcribe) for _ in range(4)]
+        wait_until(lambda: whisper.stats.remote().result()["active"], 30, "transcriptions")
+        applied = redeployed(port, replicas_of(1))
+        results = [p.result(timeout=120) for p in pending]
+    assert [status for status, _ in results] == [200] * 4
+    assert any(ended > applied for _, ended in results), "all ended before the scale-down"
+    wait_until(lambda: len(replica_pids(deployment)) == 1, 60, "one replica left")
+    assert set(replica_pids(deployment)) < two  # one of the two stayed: no restart
+    redeployed(port)  # the session's own config again: min 1, max 2, one replica kept
+
+
+def test_changing_one_model_restarts_only_its_deployment(http: httpx.Client, base_url: str):
+    """The LLM's options change: its replica is replaced (streams on it drain), while the
+    ingress takes the new model list in place and transcriptions on Whisper, like every other
+    deployment, carry on untouched all along."""
+
+    def more_cpus_for_the_llm(config: dict) -> None:
+        (app,) = config["applications"]
+        llm = next(m for m in app["args"]["models"] if m["family"] == "llm")
+        llm["deployment"]["num_cpus"] = 0.9  # a change that replaces its replicas
+
+    before = serve_replicas()
+    (old_pid,) = before[LLM_DEPLOYMENT]
+    handle = model_handle(LLM_DEPLOYMENT)
+    short = {"file": ("a.wav", (ROOT / "tests/fixtures/speech_en.wav").read_bytes())}
+    replaced = threading.Event()
+    statuses: list[int] = []
+
+    def transcribe_until_replaced() -> None:
+        while not replaced.is_set():
+            response = http.post(
+                "/v1/audio/transcriptions", files=short, data={"model": "whisper-base"}
+            )
+            statuses.append(response.status_code)
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
         in_flight = [pool.submit(stream_events, http, 120) for _ in range(2)]
+        speech = pool.submit(transcribe_until_replaced)
         wait_until(lambda: handle.num_unfinished_requests.remote().result() >= 2, 30, "streams")
-        serve.run(build_app(AppConfig.model_validate(args)), name="openai", route_prefix="/",
-                  blocking=False)  # fmt: skip
-        for future in in_flight:
-            status, events, _ = future.result(timeout=120)
-            assert status == 200 and events[-1] == "[DONE]"
-            last = json.loads(events[-2])
-            assert "error" not in last
-            assert last["choices"][0]["finish_reason"] == "length"
-    wait_until(lambda: replica_pids(LLM_DEPLOYMENT) not in ([], [old_pid]), 240, "new replica")
-    wait_until(lambda: chat_ok(http), 240, "the redeployed app")
+        wait_until(lambda: statuses, 60, "a first transcription")
+        redeployed(int(base_url.rsplit(":", 1)[1]), more_cpus_for_the_llm)
+        try:
+            for future in in_flight:
+                status, events, _ = future.result(timeout=120)
+                assert status == 200 and events[-1] == "[DONE]"
+                last = json.loads(events[-2])
+                assert "error" not in last
+                assert last["choices"][0]["finish_reason"] == "length"
+            wait_until(
+                lambda: replica_pids(LLM_DEPLOYMENT) not in ([], [old_pid]), 240, "new replica"
+            )
+        finally:
+            replaced.set()
+        speech.result(timeout=120)
+    assert len(statuses) >= 3 and set(statuses) == {200}, statuses
+    wait_until(lambda: chat_ok(http), 240, "the redeployed LLM")
+    started = {name: pids for name, pids in new_replicas(before).items() if pids}
+    assert set(started) == {LLM_DEPLOYMENT}, started

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from tests.audio_files import SPEECH_EN
-from tests.serve.conftest import RPM_LIMIT
+from tests.serve.conftest import RPM_LIMIT, model_handle
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
@@ -26,7 +26,7 @@ def key_client(base_url: str, secret: str) -> OpenAI:
 
 
 def llm_handle():
-    return serve.get_deployment_handle(f"llm-{MODEL}", app_name="openai")
+    return model_handle(f"llm-{MODEL}")
 
 
 def wait_engine_idle(deadline_s: float = 10) -> None:
@@ -157,7 +157,7 @@ def test_whisper_stops_between_windows_when_the_client_leaves(base_url: str, htt
     on the replica)."""
     from bench.speech_bench import minute_clip
 
-    whisper = serve.get_deployment_handle("whisper-whisper-base", app_name="openai")
+    whisper = model_handle("whisper-whisper-base")
 
     def windows() -> int:
         return whisper.stats.remote().result()["windows_decoded"]

@@ -13,6 +13,7 @@ from openai import OpenAI
 
 from tests.audio_files import CONTAINERS, SPEECH_DE, SPEECH_EN, silence_flac, transcode, wav_bytes
 from tests.openai_schema import validate
+from tests.serve.conftest import model_handle
 from tests.serve.test_llm_api import sse_events
 
 pytestmark = pytest.mark.serve
@@ -226,9 +227,8 @@ def test_a_silence_bomb_is_decoded_bounded_and_transcribed_as_nothing(client: Op
 def test_concurrent_transcriptions_share_model_batches(client: OpenAI):
     """Windows of concurrent requests are decoded together (Serve's @serve.batch), each
     request still getting its own transcript."""
-    from ray import serve
 
-    whisper = serve.get_deployment_handle("whisper-whisper-tiny-en", app_name="openai")
+    whisper = model_handle("whisper-whisper-tiny-en")
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         texts = list(pool.map(lambda _: transcribe(client, model="whisper-tiny.en").text, range(6)))
     for text in texts:
@@ -241,9 +241,8 @@ def test_batched_requests_each_get_their_own_transcript(client: OpenAI):
     """English transcription, German transcription and German translation at once on the
     one whisper-base replica (the two transcriptions detect their language, so their windows
     can share a model call): each answer is the one the same request gets alone."""
-    from ray import serve
 
-    whisper = serve.get_deployment_handle("whisper-whisper-base", app_name="openai")
+    whisper = model_handle("whisper-whisper-base")
     calls = {
         "en": lambda: transcribe(client, model="whisper-base").text,
         "de": lambda: (
@@ -277,9 +276,8 @@ def test_faint_noise_is_no_speech_and_decodes_nothing(client: OpenAI):
     """A minute of hiss at -50 dBFS (not digital zeros): the VAD finds no speech, so the
     answer is empty text and the model decodes no window (without the VAD, Whisper invents
     words after a minute of decoding: bench/silence_bench.py)."""
-    from ray import serve
 
-    whisper = serve.get_deployment_handle("whisper-whisper-base", app_name="openai")
+    whisper = model_handle("whisper-whisper-base")
     hiss = np.random.default_rng(0).normal(0, 10 ** (-50 / 20), 60 * 16_000)
     before = whisper.stats.remote().result()["windows_decoded"]
     result = client.audio.transcriptions.create(

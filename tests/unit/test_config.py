@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, FrontConfig, ModelGroupConfig
 from serve_app.options import deployment_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,5 +115,8 @@ def test_cluster_configs_are_valid():
     gpu = yaml.safe_load((ROOT / "cluster" / "serve_config.gpu.yaml").read_text())
     service = yaml.safe_load((ROOT / "cluster" / "rayservice.yaml").read_text())
     kuberay = yaml.safe_load(service["spec"]["serveConfigV2"])
-    for config in (gpu, kuberay):
-        AppConfig.model_validate(config["applications"][0]["args"])
+    AppConfig.model_validate(gpu["applications"][0]["args"])
+    front, *models = kuberay["applications"]  # the plan of a config (serve_app/plan.py)
+    FrontConfig.model_validate(front["args"])
+    for model in models:
+        ModelGroupConfig.model_validate(model["args"])

@@ -10,7 +10,6 @@ from deployments.common.contracts import JSONFrame
 from serve_app.auth import KeyStore, load_keys
 from serve_app.config import AppConfig
 from serve_app.families import FAMILIES
-from serve_app.families.upstream import bind
 from serve_app.ingress import create_app
 from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
@@ -48,7 +47,7 @@ def test_every_family_declares_what_it_serves():
 
 def test_one_deployment_per_provider():
     upstream = [m for m in config().models if m.family == "upstream"]
-    bound = bind(upstream, FAMILIES["upstream"])
+    bound = FAMILIES["upstream"].bind_models(upstream, str)
     assert bound["gpt-4o-mini"] is bound["gpt-4o"] and bound["grok"] is not bound["gpt-4o"]
     names = {app._bound_deployment.name for app in bound.values()}
     assert names == {"upstream-prov-test-9000", "upstream-api-x-ai"}
@@ -59,7 +58,7 @@ def test_a_provider_must_agree_on_its_settings():
     models.append({"id": "gpt-4o", **REMOTE, "api_key_env": "OTHER_KEY"})
     upstream = [m for m in config(models).models if m.family == "upstream"]
     with pytest.raises(ValueError, match="api_key_env"):
-        bind(upstream, FAMILIES["upstream"])
+        FAMILIES["upstream"].groups(upstream)
 
 
 def make(keys=None):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from serve_app.config import AppConfig
+from serve_app.plan import plan
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 SCHEMA = json.loads((CLUSTER / "schema" / "rayservice-v1.schema.json").read_text())
@@ -76,8 +77,8 @@ def test_rayservice_serves_the_cluster_tests_config_on_nodes_with_its_resources(
     spec = manifest()["spec"]
     serve_config = yaml.safe_load(spec["serveConfigV2"])
     local = yaml.safe_load((CLUSTER / "serve_config.local.yaml").read_text())
-    assert serve_config["applications"] == local["applications"]
-    (app,) = serve_config["applications"]
+    assert serve_config["applications"] == plan(local)["applications"]
+    (app,) = local["applications"]
     args = AppConfig.model_validate(app["args"])  # what Serve checks at deploy time
     cluster = spec["rayClusterConfig"]
     groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]

@@ -66,3 +66,25 @@ def test_features_are_faster_whispers_own(engine, seconds):
     ours = log_mel(engine.model.feature_extractor, audio)
     assert ours.shape == expected.shape
     np.testing.assert_allclose(ours, expected, atol=1e-6)
+
+
+def test_without_the_vad_the_whole_audio_is_decoded_on_its_own_timeline(engine):
+    """``engine.vad_filter: false``: nothing is cut out first, the real decoder walks the
+    whole recording (5 s of faint noise, then the speech fixture), and the timestamps are the
+    recording's own."""
+    from deployments.audio.decode import decode_audio
+    from tests.audio_files import SPEECH_EN
+
+    speech = decode_audio(SPEECH_EN.read_bytes())
+    noise = (np.random.default_rng(3).standard_normal(5 * 16_000) * 1e-3).astype(np.float32)
+    transcript = engine.transcribe(
+        np.concatenate([noise, speech]), task="transcribe", language="en", prompt=None,
+        temperature=None, word_timestamps=True,
+    )  # fmt: skip
+    segments = list(transcript.segments)
+    text = "".join(s["text"] for s in segments).lower()
+    assert "the quick" in text and "over the lazy dog" in text, text  # tiny.en hears the rest badly
+    words = [w for s in segments for w in s["words"]]
+    assert words[0]["start"] >= 4.5  # the speech starts at 5 s of the upload
+    assert words[-1]["end"] <= transcript.duration_s + 0.05
+    assert [w["start"] for w in words] == sorted(w["start"] for w in words)

@@ -66,7 +66,7 @@ class Batcher:
                 if not batch:
                     continue
                 if self.on_batch:
-                    self.on_batch(len(batch))
+                    self.on_batch([window for window, _ in batch])
                 self.busy = True
                 try:
                     results = await loop.run_in_executor(
@@ -94,6 +94,7 @@ class WhisperDeployment:
         self.model_id = model_id
         self.active = 0
         self.windows_decoded = 0
+        self.mixed_batches = 0
         self.batch_sizes: dict[int, int] = {}  # windows per model call -> calls
         self._request_threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=64, thread_name_prefix="whisper-request"
@@ -172,9 +173,12 @@ class WhisperDeployment:
             self.active -= 1
             self.in_progress.set(self.active)
 
-    def _count_batch(self, size: int) -> None:
+    def _count_batch(self, windows: list[Any]) -> None:  # engine.Window
+        size = len(windows)
         self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
         self.windows_decoded += size
+        # Windows of different tasks, languages or options: one model call per kind.
+        self.mixed_batches += len({window.key for window in windows}) > 1
         self.batch_size.observe(size)
 
     async def _transcribe(
@@ -246,11 +250,13 @@ class WhisperDeployment:
 
     async def stats(self) -> dict[str, Any]:
         """Transcriptions in progress, whether the model is decoding, 30-second windows handed
-        to the model and the batch sizes reached (windows per call -> calls) on this replica."""
+        to the model, the batch sizes reached (windows per call -> calls) and the batches that
+        held windows of different kinds (task, language, options) on this replica."""
         return {
             "active": self.active,
             "decoding": self.batcher.busy,
             "windows_decoded": self.windows_decoded,
+            "mixed_batches": self.mixed_batches,
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
         }
 

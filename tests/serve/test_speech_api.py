@@ -3,7 +3,6 @@
 import concurrent.futures
 import json
 import re
-import threading
 
 import httpx
 import numpy as np
@@ -15,6 +14,7 @@ from tests.audio_files import CONTAINERS, SPEECH_DE, SPEECH_EN, silence_flac, tr
 from tests.openai_schema import validate
 from tests.serve.conftest import model_handle
 from tests.serve.test_llm_api import sse_events
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
 
@@ -239,10 +239,20 @@ def test_concurrent_transcriptions_share_model_batches(client: OpenAI):
 
 def test_batched_requests_each_get_their_own_transcript(client: OpenAI):
     """English transcription, German transcription and German translation at once on the
-    one whisper-base replica (the two transcriptions detect their language, so their windows
-    can share a model call): each answer is the one the same request gets alone."""
+    one whisper-base replica, while the model is busy with a longer recording, so that their
+    windows wait and go to the model in one batch of different kinds (the stats count it):
+    each answer is the one the same request gets alone."""
+    from tests.speech_corpus import RATE, espeak_available, render
 
+    if not espeak_available():
+        pytest.skip("espeak-ng renders the busy recording (`make test` installs it)")
     whisper = model_handle("whisper-whisper-base")
+    busy_clip = wav_bytes(render("workshop").samples[: 30 * RATE], RATE)  # one full window
+
+    def busy() -> str:
+        audio = ("busy.wav", busy_clip)
+        return client.audio.transcriptions.create(model="whisper-base", file=audio).text
+
     calls = {
         "en": lambda: transcribe(client, model="whisper-base").text,
         "de": lambda: (
@@ -256,19 +266,23 @@ def test_batched_requests_each_get_their_own_transcript(client: OpenAI):
     alone = {name: call() for name, call in calls.items()}
     assert "fox" in alone["en"].lower() and "kaffee" in alone["de"].lower()
     assert "coffee" in alone["de->en"].lower()
+    middle = whisper.stats.remote().result()
+    busy()
     before = whisper.stats.remote().result()
-    barrier = threading.Barrier(len(calls))
 
-    def together(call):
-        barrier.wait()
-        return call()
-
-    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
-        answers = dict(zip(calls, pool.map(together, calls.values()), strict=True))
+    with concurrent.futures.ThreadPoolExecutor(len(calls) + 1) as pool:
+        busy_answer = pool.submit(busy)
+        wait_until(lambda: whisper.stats.remote().result()["decoding"], 30, "the model busy")
+        futures = {name: pool.submit(call) for name, call in calls.items()}
+        answers = {name: future.result() for name, future in futures.items()}
+        busy_answer.result()
     assert answers == alone
     after = whisper.stats.remote().result()
+    assert after["mixed_batches"] > before["mixed_batches"], "no batch held different kinds"
     windows = after["windows_decoded"] - before["windows_decoded"]
-    assert windows == before["windows_decoded"] - start["windows_decoded"]  # as alone
+    alone_windows = middle["windows_decoded"] - start["windows_decoded"]
+    busy_windows = before["windows_decoded"] - middle["windows_decoded"]
+    assert windows == alone_windows + busy_windows  # nothing decoded twice
     assert after["active"] == 0 and not after["decoding"]
 
 

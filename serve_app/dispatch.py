@@ -83,7 +83,8 @@ REPLICAS = Replicas()
 
 def _assigned(stream: Any) -> bool:
     """Whether Serve has given the call to a replica (then it fails by itself if the replica
-    dies). Private to Serve: a Ray upgrade that renames it fails tests/serve's probe test."""
+    dies). Private to Serve: a Ray upgrade that renames it fails the cluster's node-loss test
+    (tests/cluster), whose new transcription must then be refused within 15 s."""
     future = getattr(stream, "_replica_result_future", None)
     return future is None or future.done()
 

@@ -4,6 +4,7 @@
 The app runs with API keys set, so the same session also proves the 401 paths.
 """
 
+import copy
 import hashlib
 import os
 import socket
@@ -70,11 +71,23 @@ def session_args(args: dict, port: int | None = None) -> dict:
     return args
 
 
+# whisper-tiny.en's autoscaling as a `deployments` override from the start, with the values
+# its config gives it: tests rescale it by changing these values, which Serve applies without
+# a restart. (Adding or removing an override that has an `autoscaling_config` changes the code
+# version Serve gives the application: see the README's Deploying and redeploying.)
+TINY_AUTOSCALING = {
+    "name": "whisper-whisper-tiny-en",
+    "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
+}
+
+
 def session_config(port: int) -> dict:
-    """The Serve config the session deploys: the shipped example with ``TEST_OVERRIDES``."""
+    """The Serve config the session deploys: the shipped example with ``TEST_OVERRIDES`` and
+    ``TINY_AUTOSCALING``."""
     config = yaml.safe_load((ROOT / "examples/loopback-gateway.yaml").read_text())
     (app,) = config["applications"]
     session_args(app["args"], port)
+    app["deployments"] = [copy.deepcopy(TINY_AUTOSCALING)]
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     return config
 

@@ -198,7 +198,8 @@ def test_a_scale_down_lets_the_stopping_replica_finish_its_requests(
     """Two whisper-tiny.en replicas with transcriptions on both; the config's `deployments`
     section then scales the deployment to one (as the autoscaler does when load falls, but
     at a moment we choose): the stopping replica finishes what it holds, with the default
-    `graceful_shutdown_timeout_s` (20 s), and nothing is restarted."""
+    `graceful_shutdown_timeout_s` (20 s), and nothing is restarted (the session's config has
+    this override from the start: only its values change)."""
     from tests.audio_files import wav_bytes
     from tests.speech_corpus import RATE, espeak_available, render
 
@@ -216,9 +217,11 @@ def test_a_scale_down_lets_the_stopping_replica_finish_its_requests(
 
         return change
 
+    first = set(replica_pids(deployment))
     redeployed(port, replicas_of(2))
     wait_until(lambda: len(replica_pids(deployment)) == 2, 120, "two whisper-tiny.en replicas")
     two = set(replica_pids(deployment))
+    assert first <= two  # scaled up, not restarted
     clip = wav_bytes(render("lighthouse").samples[: 20 * RATE], RATE)  # 20 s, 4 sentences
     whisper = model_handle(deployment)
 

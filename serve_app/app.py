@@ -14,13 +14,14 @@ Serve validates ``args`` against the annotated config model first, so a bad conf
 deploy with pydantic's message.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 
 from deployments.audio.deployment import AudioPreprocessor
-from serve_app.config import AppConfig, FrontConfig, FrontOptions, ModelGroupConfig
+from serve_app.config import AppConfig, FrontConfig, FrontOptions, ModelGroupConfig, ModelsDir
 from serve_app.families import FAMILIES
 from serve_app.ingress import Ingress
 from serve_app.models import default_models_dir
@@ -34,8 +35,7 @@ def build_app(args: AppConfig) -> Application:
     for name, family in FAMILIES.items():
         models = [m for m in args.models if m.family == name]
         if models:
-            resolve = lambda source: args.resolve_source(source, default_models_dir())  # noqa: E731
-            handles.update(family.bind_models(models, resolve))
+            handles.update(family.bind_models(models, _resolver(args)))
     models = [m.model_dump(mode="json", exclude_unset=True) for m in args.models]
     speech = bool(args.models_that("transcriptions"))
     return _front(args, speech, handles, {"models": models})
@@ -52,9 +52,11 @@ def build_models(args: ModelGroupConfig) -> Application:
     """One model application of the split: the deployment serving ``args.models``."""
     family = FAMILIES[args.family]
     ((name, models),) = family.groups(args.models).items()
-    return family.bind_group(
-        name, models, lambda source: args.resolve_source(source, default_models_dir())
-    )
+    return family.bind_group(name, models, _resolver(args))
+
+
+def _resolver(args: ModelsDir) -> Callable[[str], str]:
+    return lambda source: args.resolve_source(source, default_models_dir())
 
 
 def _front(
@@ -80,5 +82,5 @@ def _front(
     ingress = serve.deployment(Ingress).options(**options)
     # Only what the config says goes into the bind: the same config binds the same arguments,
     # so Serve's redeploy of it replaces no replica.
-    front = FrontOptions.model_validate(args.model_dump(include=set(FrontOptions.model_fields)))
-    return ingress.bind(front.model_dump(mode="json"), handles, preprocessor, limiter)
+    front = args.model_dump(mode="json", include=set(FrontOptions.model_fields))
+    return ingress.bind(front, handles, preprocessor, limiter)

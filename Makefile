@@ -46,11 +46,11 @@ serve: setup
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test-tools:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
-	  && command -v espeak-ng >/dev/null || { \
-	  echo "==> [setup] installing Debian's chromium, chromium-driver and espeak-ng (tests)"; \
+	  && command -v espeak-ng >/dev/null && test -x /usr/lib/postgresql/15/bin/initdb || { \
+	  echo "==> [setup] installing Debian's chromium, chromium-driver, espeak-ng and postgresql (tests)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
-	    -y -qq --no-install-recommends chromium chromium-driver fonts-liberation espeak-ng \
-	  || echo "==> not installed: the browser and speech-accuracy tests will skip"; }
+	    -y -qq --no-install-recommends chromium chromium-driver fonts-liberation espeak-ng postgresql \
+	  || echo "==> not installed: the browser, speech-accuracy and PostgreSQL tests will skip"; }
 
 # Three runs, one Ray at a time: the serve suite's session, then `make serve`'s own launcher
 # (tests/default: what listens, who may connect), then the cluster suite's nodes.

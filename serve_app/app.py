@@ -5,10 +5,10 @@ Two shapes of the same config (README, Deploying and redeploying):
   versions every deployment of an application by its ``args``, so a redeploy of a changed
   config replaces every replica.
 - the split that ``serve_app/plan.py`` makes of it, which ``make serve`` and the cluster run:
-  ``build_front`` (ingress, audio pool, rate limiter) in one application and ``build_models``
-  for each model deployment in its own, so a redeploy restarts only the model whose options
-  changed. The ingress learns the models from its ``user_config``, which Serve hands to the
-  running replicas without restarting them.
+  ``build_front`` (ingress, audio pool, rate limiter, response store) in one application and
+  ``build_models`` for each model deployment in its own, so a redeploy restarts only the
+  model whose options changed. The ingress learns the models from its ``user_config``, which
+  Serve hands to the running replicas without restarting them.
 
 Serve validates ``args`` against the annotated config model first, so a bad config fails the
 deploy with pydantic's message.
@@ -26,6 +26,7 @@ from serve_app.families import FAMILIES
 from serve_app.ingress import Ingress
 from serve_app.models import default_models_dir
 from serve_app.ratelimit import RateLimiter
+from serve_app.store.deployment import ResponseStore
 
 
 def build_app(args: AppConfig) -> Application:
@@ -76,6 +77,11 @@ def _front(
         .options(**args.rate_limiter.to_serve_options("rate-limiter"))
         .bind()
     )
+    store = (
+        serve.deployment(ResponseStore)
+        .options(**args.store.deployment.to_serve_options("response-store"))
+        .bind(args.store.model_dump(mode="json", exclude={"deployment"}))
+    )
     options = args.ingress.to_serve_options("ingress")
     if user_config is not None:
         options["user_config"] = user_config
@@ -83,4 +89,4 @@ def _front(
     # Only what the config says goes into the bind: the same config binds the same arguments,
     # so Serve's redeploy of it replaces no replica.
     front = args.model_dump(mode="json", include=set(FrontOptions.model_fields))
-    return ingress.bind(front, handles, preprocessor, limiter)
+    return ingress.bind(front, handles, preprocessor, limiter, store)

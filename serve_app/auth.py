@@ -22,7 +22,12 @@ from serve_app.log import LOGGER
 logger = logging.getLogger(LOGGER)
 
 Endpoint = Literal[
-    "models", "chat-completions", "completions", "audio-transcriptions", "audio-translations"
+    "models",
+    "chat-completions",
+    "completions",
+    "responses",
+    "audio-transcriptions",
+    "audio-translations",
 ]
 ALL = "*"
 

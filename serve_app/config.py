@@ -5,7 +5,7 @@ fails ``serve run``/``serve deploy`` with pydantic's message instead of a replic
 """
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -64,6 +64,56 @@ class ModelsDir(StrictModel):
         return str(path.resolve())
 
 
+class StoreOptions(StrictModel):
+    """Where stored responses live (``/v1/responses``), how long, and how big."""
+
+    backend: Literal["sqlite", "postgres"] = Field(
+        "sqlite",
+        description="sqlite: one file, owned by the store's single replica (one machine); "
+        "postgres: a PostgreSQL server every store replica shares (clusters).",
+    )
+    path: str | None = Field(
+        None,
+        description="SQLite file (default: $SERVE_APP_DATA_DIR/responses.sqlite3, else "
+        "./data/responses.sqlite3 at the project root).",
+    )
+    dsn_env: str = Field(
+        "SERVE_APP_STORE_DSN",
+        description="Environment variable holding the PostgreSQL connection string (the "
+        "store replicas read it; it never goes into the config).",
+    )
+    retention_days: float = Field(
+        30, gt=0, description="Stored responses are deleted this long after their creation."
+    )
+    max_input_items: int = Field(
+        2048, ge=1, description="Input items one request may carry (400 above)."
+    )
+    max_response_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest input one stored response may carry, as JSON (400 above, before "
+        "the model runs); its output is bounded by the model's context.",
+    )
+    max_chain: int = Field(
+        1000, ge=1, description="Longest previous_response_id chain expanded (400 above)."
+    )
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(
+            num_cpus=0,
+            max_ongoing_requests=1000,
+            max_queued_requests=-1,
+            autoscaling_config=AutoscalingOptions(min_replicas=1, max_replicas=1),
+        ),
+        description="The store's replicas (keep 1 with sqlite; any number with postgres).",
+    )
+
+    @model_validator(mode="after")
+    def _one_sqlite_writer(self) -> "StoreOptions":
+        if self.backend == "sqlite" and self.deployment.autoscaling_config.max_replicas != 1:
+            raise ValueError("store: the sqlite backend needs exactly one store replica")
+        return self
+
+
 class FrontOptions(ModelsDir):
     """Everything but the models: the ingress, the audio pool, the rate limiter, limits."""
 
@@ -86,6 +136,9 @@ class FrontOptions(ModelsDir):
             autoscaling_config=AutoscalingOptions(min_replicas=1, max_replicas=1),
         ),
         description="The single replica holding per-key rate-limit counters (keep 1 replica).",
+    )
+    store: StoreOptions = Field(
+        default_factory=StoreOptions, description="Stored responses (Responses API)."
     )
 
 

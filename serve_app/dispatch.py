@@ -89,14 +89,14 @@ def _assigned(stream: Any) -> bool:
     return future is None or future.done()
 
 
-def _cancel(stream: Any) -> None:
+def cancel_call(stream: Any) -> None:
     """Cancel a handle call; a call that already failed re-raises its error here: drop it."""
     if stream is not None:
         with contextlib.suppress(Exception):
             stream.cancel()
 
 
-async def _rest(
+async def rest_frames(
     stream: Any, on_usage: UsageCallback, on_error: ErrorCallback
 ) -> AsyncIterator[Frame]:
     """The rest of a backend stream, usage taken out; cancel the call if we stop early."""
@@ -114,7 +114,7 @@ async def _rest(
             on_error(ErrorFrame(500, "The model backend failed mid-stream."))
         raise
     finally:
-        _cancel(stream)
+        cancel_call(stream)
 
 
 async def open_call(
@@ -147,7 +147,7 @@ async def open_call(
             if done:
                 return stream, first.result()
             if needs and not _assigned(stream) and (gone := await REPLICAS.missing(needs)):
-                _cancel(stream)
+                cancel_call(stream)
                 logger.warning("%s has no running replica [request_id=%s]", gone, request_id)
                 raise APIError(
                     503,
@@ -163,7 +163,7 @@ async def open_call(
         logger.error("backend returned no frame [request_id=%s]", request_id)
         raise APIError(500, _with_id("The server had an error.", request_id)) from None
     except TimeoutError:
-        _cancel(stream)  # aborts the engine work
+        cancel_call(stream)  # aborts the engine work
         logger.warning("backend timed out after %ss [request_id=%s]", timeout_s, request_id)
         message = f"The model did not answer within {timeout_s:g} seconds"
         raise APIError(504, _with_id(message, request_id), code="timeout") from None
@@ -178,7 +178,7 @@ async def open_call(
     except APIError:
         raise
     except Exception:
-        _cancel(stream)
+        cancel_call(stream)
         logger.exception("backend call failed [request_id=%s]", request_id)
         raise APIError(503, _with_id("The model backend is unavailable.", request_id)) from None
     finally:
@@ -207,7 +207,7 @@ async def first_frame(
 ) -> Frame:
     """The first frame of a call whose answer is one frame (the call is then closed)."""
     stream, first = await open_call(call, request_id, timeout_s, retry_after_s, needs)
-    _cancel(stream)
+    cancel_call(stream)
     return first
 
 
@@ -233,10 +233,10 @@ async def frames_to_response(
     except APIError as exc:
         return error_response(exc.frame, exc.headers)
     if isinstance(first, ErrorFrame):
-        _cancel(stream)
+        cancel_call(stream)
         return error_response(first)
     if isinstance(first, JSONFrame | TextFrame):
-        _cancel(stream)
+        cancel_call(stream)
         if on_usage:
             on_usage(first.usage)
         if isinstance(first, JSONFrame):
@@ -244,10 +244,10 @@ async def frames_to_response(
         return PlainTextResponse(first.text, media_type=first.media_type)
     if isinstance(first, ChunkFrame):
         return StreamingResponse(
-            sse_stream(first, _rest(stream, on_usage, on_error), request_id),
+            sse_stream(first, rest_frames(stream, on_usage, on_error), request_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     logger.error("unexpected frame %r [request_id=%s]", type(first), request_id)
-    _cancel(stream)
+    cancel_call(stream)
     return server_error(request_id)

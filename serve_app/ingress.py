@@ -23,8 +23,9 @@ from serve_app.metrics import Metrics
 from serve_app.pipeline import Recorder
 from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
-from serve_app.routes import audio, generation, health, models
+from serve_app.routes import audio, generation, health, models, responses
 from serve_app.settings import Settings
+from serve_app.store import HandleStore
 
 
 def create_app(
@@ -34,10 +35,12 @@ def create_app(
     rate_limits: RateLimits,
     metrics: Metrics | None = None,
     front: FrontOptions | None = None,
+    store: Any = None,
 ) -> FastAPI:
     """The FastAPI app: /health, /docs, /openapi.json and /playground open, every /v1 route
     behind its key scope. Its limits and CORS come from ``front`` (default: the registry's
-    config); ``app.state.registry`` may be set later (``Ingress.reconfigure``)."""
+    config); ``app.state.registry`` may be set later (``Ingress.reconfigure``). ``store`` holds
+    stored responses (``serve_app/store``)."""
     front = front or registry.config
     app = FastAPIOffline(
         title="ray-openai-serve",
@@ -49,6 +52,7 @@ def create_app(
     app.state.settings = settings
     app.state.keys = keys
     app.state.rate_limits = rate_limits
+    app.state.store = store
     # Told about every /v1 request (pipeline.Recorder).
     app.state.observers = [rate_limits, metrics or Metrics()]
     install_error_handlers(app)
@@ -61,10 +65,10 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
-    for module in (health, models, generation, audio, docs):
+    for module in (health, models, generation, responses, audio, docs):
         app.include_router(module.router)
     docs.install_openapi(app)
-    paths = {route.path for route in app.routes if hasattr(route, "path")}
+    paths = [(r.path_regex, r.path) for r in app.routes if hasattr(r, "path_regex")]
     app.add_middleware(Recorder, observers=app.state.observers, routes=paths)  # outermost
     return app
 
@@ -80,9 +84,10 @@ class Ingress:
     otherwise ``user_config["deployments"]`` names each model's deployment, which runs in the
     application of the same name (``serve_app/plan.py``).
     ``preprocessor`` is the audio pool's handle (None without speech models);
-    ``rate_limiter`` holds the shared per-key counters. ``/v1/models`` reports the replica's
-    start as the models' ``created`` time (a bind argument would change with every build, and
-    Serve would replace every replica on a redeploy of the same config).
+    ``rate_limiter`` holds the shared per-key counters; ``store`` is the response store's
+    handle. ``/v1/models`` reports the replica's start as the models' ``created`` time (a
+    bind argument would change with every build, and Serve would replace every replica on a
+    redeploy of the same config).
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class Ingress:
         handles: dict[str, Any] | None,
         preprocessor: Any,
         rate_limiter: Any,
+        store: Any,
     ) -> None:
         self.settings = Settings()
         logging.getLogger(LOGGER).setLevel(self.settings.log_level.upper())
@@ -101,6 +107,7 @@ class Ingress:
         self.created = int(time.time())
         self.keys = KeyStore(load_keys(self.settings.api_keys, self.settings.keys_file))
         self.rate_limits = RateLimits(rate_limiter)
+        self.store = HandleStore(store)
         self.metrics = Metrics()
         self.fastapi: FastAPI | None = None
         self.registry: ModelRegistry | None = None
@@ -126,6 +133,12 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         self.fastapi = create_app(
-            self.registry, self.settings, self.keys, self.rate_limits, self.metrics, self.front
+            self.registry,
+            self.settings,
+            self.keys,
+            self.rate_limits,
+            self.metrics,
+            self.front,
+            self.store,
         )
         return self.fastapi

@@ -10,6 +10,7 @@ Prometheus metrics (``serve_app/metrics.py``).
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,16 +75,26 @@ class Observer(Protocol):
 class Recorder:
     """Pure ASGI middleware: a ``Finished`` record per ``/v1`` request, told to observers."""
 
-    def __init__(self, app: ASGIApp, observers: list[Observer], routes: set[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, observers: list[Observer], routes: list[tuple[re.Pattern, str]]
+    ) -> None:
         self.app = app
         self.observers = observers
-        self.routes = routes
+        self.routes = routes  # (path regex, path template) of every route of the app
+
+    def route_of(self, path: str) -> str:
+        """The template of the route ``path`` is on (``/v1/responses/{response_id}``), or
+        ``other``: metrics get one label per route, not per id."""
+        for regex, template in self.routes:
+            if regex.match(path):
+                return template
+        return "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        record = Finished(route=scope["path"] if scope["path"] in self.routes else "other")
+        record = Finished(route=self.route_of(scope["path"]))
         state = scope.setdefault("state", {})
         state["record"] = record
         error_body = bytearray()

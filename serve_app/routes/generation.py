@@ -5,23 +5,26 @@ what the model is configured for; ``input_audio`` parts are transcribed (for fam
 want text), and the family turns the request into its deployment's body.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from serve_app.audio_parts import transcribe_parts
 from serve_app.auth import APIKey, require
-from serve_app.pipeline import admit, registry, run_backend
+from serve_app.pipeline import Finished, admit, registry, run_backend
 from serve_app.protocol.messages import audio_parts
 from serve_app.protocol.openai import ChatCompletionRequest, CompletionRequest, GenerationRequest
+from serve_app.registry import ServedModel
 
 router = APIRouter()
 
 
-async def _generate(
+async def prepare(
     endpoint: str, body: GenerationRequest, request: Request, key: APIKey | None
-) -> Response:
+) -> tuple[ServedModel, Finished, dict[str, Any]]:
+    """Check ``body``, admit it and transcribe its ``input_audio`` parts: the model, the
+    request's record and the body its deployment runs."""
     body.check()
     models = registry(request)
     model = models.get(body.model, endpoint, request.url.path)
@@ -30,19 +33,27 @@ async def _generate(
     audio = family.transcribes_audio_parts and isinstance(body, ChatCompletionRequest)
     audio = audio and bool(audio_parts(body.messages))
     record = await admit(request, model, key, ("audio",) if audio else ())  # as a transcription
-    rid = record.request_id
     if audio:
-        await transcribe_parts(models, model, body.messages, rid, record.add_usage)
-    payload = family.backend_body(body, model.config)
+        await transcribe_parts(models, model, body.messages, record.request_id, record.add_usage)
+    return model, record, family.backend_body(body, model.config)
 
-    # Token streams go over Serve's gRPC data plane (`_by_reference=False`): about a third less
-    # CPU per streamed chunk in the model replica than Ray object refs (measured per process
-    # under bench/vs_vllm.py's load).
-    def call():
-        return model.handle.options(stream=True, _by_reference=False).generate.remote(
-            endpoint, payload, rid
-        )
 
+def generate_call(model: ServedModel, endpoint: str, payload: dict[str, Any], rid: str):
+    """The streaming handle call that runs ``payload`` on the model's deployment.
+
+    Token streams go over Serve's gRPC data plane (``_by_reference=False``): about a third
+    less CPU per streamed chunk in the model replica than Ray object refs (measured per
+    process under bench/vs_vllm.py's load)."""
+    return lambda: model.handle.options(stream=True, _by_reference=False).generate.remote(
+        endpoint, payload, rid
+    )
+
+
+async def _generate(
+    endpoint: str, body: GenerationRequest, request: Request, key: APIKey | None
+) -> Response:
+    model, record, payload = await prepare(endpoint, body, request, key)
+    call = generate_call(model, endpoint, payload, record.request_id)
     return await run_backend(request, model, record, bool(body.stream), call)
 
 

@@ -125,6 +125,7 @@ def base_url() -> Iterator[str]:
     keys_file.write_text(KEYS_FILE)
     os.environ["SERVE_APP_KEYS_FILE"] = str(keys_file)
     os.environ["LOOPBACK_API_KEY"] = API_KEY  # the upstream deployment calls the app with it
+    os.environ["SERVE_APP_DATA_DIR"] = tempfile.mkdtemp()  # the response store's SQLite file
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")

@@ -1,0 +1,545 @@
+"""OpenAI Responses requests (``POST /v1/responses``), strictly, and their input items.
+
+A request becomes a chat request (``ResponseRequest.chat_body``): the stored history (items
+of earlier responses) plus this request's items turn into chat messages, and the fields map
+onto chat's (``max_output_tokens`` -> ``max_completion_tokens``, ``text.format`` ->
+``response_format``, ``reasoning.effort`` -> ``reasoning_effort``, flat function tools ->
+chat's nested ones). Chat's own validation then runs on it, so samplers, tools and limits
+behave exactly as in chat. Fields for what we do not have (built-in tools, prompt templates,
+reasoning summaries, encrypted reasoning, ...) are refused with a 400 naming them.
+"""
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Discriminator, Field, Tag
+
+from serve_app.errors import APIError
+from serve_app.protocol.messages import AUDIO_FORMATS
+from serve_app.protocol.openai import NAME, MetaKey, MetaValue
+from serve_app.protocol.sampling import SamplingFields
+from serve_app.protocol.strict import Strict, tagged
+
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+CallId = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def new_id(prefix: str) -> str:
+    """An id as OpenAI spells them: ``resp_``, ``msg_``, ``fc_``, ``rs_`` + 48 hex digits."""
+    return f"{prefix}_{uuid.uuid4().hex}{uuid.uuid4().hex[:16]}"
+
+
+class InputText(Strict):
+    type: Literal["input_text"]
+    text: str
+    prompt_cache_breakpoint: dict[str, Any] | None = None  # advisory
+
+
+class InputImage(Strict):
+    type: Literal["input_image"]
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: str | None = None
+
+
+class InputFile(Strict):
+    type: Literal["input_file"]
+    file_id: str | None = None
+    file_data: str | None = None
+    file_url: str | None = None
+    filename: str | None = None
+
+
+class AudioData(Strict):
+    data: str = Field(description="Base64-encoded audio.")
+    format: Literal[AUDIO_FORMATS]  # type: ignore[valid-type]
+
+
+class InputAudio(Strict):
+    type: Literal["input_audio"]
+    input_audio: AudioData
+
+
+class OutputText(Strict):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[dict[str, Any]] | None = None
+    logprobs: list[dict[str, Any]] | None = None
+
+
+class Refusal(Strict):
+    type: Literal["refusal"]
+    refusal: str
+
+
+InputPart = tagged("type", InputText, InputImage, InputFile, InputAudio)
+AnyPart = tagged("type", InputText, InputImage, InputFile, InputAudio, OutputText, Refusal)
+
+
+def _message_type(value: Any) -> Any:
+    """An item with a ``role`` and no ``type`` is a message (OpenAI's "easy" input message)."""
+    if isinstance(value, dict) and "role" in value and "type" not in value:
+        return {**value, "type": "message"}
+    return value
+
+
+class MessageItem(Strict):
+    type: Literal["message"]
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | Annotated[list[AnyPart], Field(min_length=1)]
+    id: str | None = None
+    status: ItemStatus | None = None
+    phase: str | None = None  # advisory
+
+
+class FunctionCallItem(Strict):
+    type: Literal["function_call"]
+    call_id: CallId
+    name: str = Field(min_length=1, max_length=128)
+    arguments: str
+    id: str | None = None
+    status: ItemStatus | None = None
+
+
+class FunctionCallOutputItem(Strict):
+    type: Literal["function_call_output"]
+    call_id: CallId
+    output: str | Annotated[list[InputPart], Field(min_length=1)]
+    id: str | None = None
+    status: ItemStatus | None = None
+
+
+class ReasoningText(Strict):
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class SummaryText(Strict):
+    type: Literal["summary_text"]
+    text: str
+
+
+class ReasoningItem(Strict):
+    type: Literal["reasoning"]
+    summary: list[SummaryText] = Field(default_factory=list)
+    content: list[ReasoningText] | None = None
+    encrypted_content: str | None = None
+    id: str | None = None
+    status: ItemStatus | None = None
+
+
+InputItem = Annotated[
+    tagged("type", MessageItem, FunctionCallItem, FunctionCallOutputItem, ReasoningItem),
+    BeforeValidator(_message_type),
+]
+
+
+class FunctionTool(Strict):
+    type: Literal["function"]
+    name: NAME
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class BuiltinTool(Strict):
+    """Any other tool type: refused in ``check`` (we run no built-in tools)."""
+
+    model_config = {**Strict.model_config, "extra": "allow"}
+    type: str
+
+
+def _tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "function" if kind == "function" else "other"
+
+
+Tool = Annotated[
+    Annotated[FunctionTool, Tag("function")] | Annotated[BuiltinTool, Tag("other")],
+    Discriminator(_tool_kind),
+]
+
+
+class FunctionChoice(Strict):
+    type: Literal["function"]
+    name: str
+
+
+class TextFormat(Strict):
+    type: Literal["text"]
+
+
+class JSONObjectFormat(Strict):
+    type: Literal["json_object"]
+
+
+class JSONSchemaFormat(Strict):
+    type: Literal["json_schema"]
+    name: NAME
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextOptions(Strict):
+    format: tagged("type", TextFormat, JSONObjectFormat, JSONSchemaFormat) | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ReasoningOptions(Strict):
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None
+    mode: str | None = None
+    context: Literal["auto", "current_turn", "all_turns"] | None = None
+
+
+class StreamOptions(Strict):
+    include_obfuscation: bool | None = Field(None, description="Advisory: we never pad.")
+
+
+INCLUDE = Literal[
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "message.input_image.image_url",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+    "reasoning.encrypted_content",
+    "message.output_text.logprobs",
+]
+# Fields refused unless null: what they ask for, for the 400.
+NOT_SUPPORTED = {
+    "conversation": "Conversations are not supported yet",
+    "background": "Background mode is not supported yet",
+    "prompt": "Reusable prompts",
+    "moderation": "Moderation",
+    "context_management": "Context management",
+}
+# Fields echoed on the Response object as given (OpenAI's defaults when unset).
+ECHOED = (
+    "instructions",
+    "max_output_tokens",
+    "max_tool_calls",
+    "previous_response_id",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "safety_identifier",
+    "top_logprobs",
+    "user",
+)
+
+
+class ResponseRequest(SamplingFields):
+    """``POST /v1/responses``: OpenAI's fields, plus chat's llama.cpp and vLLM samplers."""
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | Annotated[list[InputItem], Field(min_length=1)]
+    instructions: str | None = None
+    previous_response_id: str | None = Field(None, min_length=1, max_length=128)
+    store: bool | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    max_tool_calls: int | None = Field(None, ge=0, description="Built-in tools only: none here.")
+    metadata: dict[MetaKey, MetaValue] | None = Field(None, max_length=16)
+    parallel_tool_calls: bool | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | dict[str, Any] | None = None
+    text: TextOptions | None = None
+    reasoning: ReasoningOptions | None = None
+    include: list[INCLUDE] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    truncation: Literal["auto", "disabled"] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="vLLM: sampling seed.")
+    # Advisory: echoed, change nothing.
+    user: str | None = Field(None, max_length=256)
+    safety_identifier: str | None = Field(None, max_length=64)
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    # Refused unless null (NOT_SUPPORTED).
+    conversation: str | dict[str, Any] | None = None
+    background: bool | None = None
+    prompt: dict[str, Any] | None = None
+    moderation: dict[str, Any] | None = None
+    context_management: list[dict[str, Any]] | dict[str, Any] | None = None
+
+    def check(self, max_items: int) -> None:
+        """Rules that span fields, and what we refuse; 400 naming the field."""
+        for name, what in NOT_SUPPORTED.items():
+            value = getattr(self, name)
+            if value is not None and value is not False:
+                raise APIError(400, f"{what} is not supported by this server.", param=name)
+        if isinstance(self.input, list) and len(self.input) > max_items:
+            raise APIError(
+                400,
+                f"'input' has {len(self.input)} items; at most {max_items} are allowed.",
+                param="input",
+                code="too_many_items",
+            )
+        if self.stream_options is not None and not self.stream:
+            raise APIError(
+                400,
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                param="stream_options",
+            )
+        if self.both_repeat_penalties():
+            raise APIError(
+                400,
+                "Set either 'repeat_penalty' (llama.cpp, windowed) or 'repetition_penalty' "
+                "(vLLM, whole context), not both.",
+                param="repeat_penalty",
+            )
+        if self.truncation == "auto":
+            raise APIError(
+                400, "truncation 'auto' is not supported yet; use 'disabled'.", param="truncation"
+            )
+        reasoning = self.reasoning or ReasoningOptions()
+        if reasoning.summary or reasoning.generate_summary:
+            raise APIError(
+                400,
+                "Reasoning summaries are not supported: reasoning comes as the reasoning "
+                "item's text (content of type reasoning_text).",
+                param="reasoning.summary",
+            )
+        if reasoning.mode is not None or reasoning.context not in (None, "auto"):
+            name = "mode" if reasoning.mode is not None else "context"
+            raise APIError(400, f"reasoning.{name} is not supported.", param=f"reasoning.{name}")
+        if "reasoning.encrypted_content" in (self.include or ()):
+            raise APIError(
+                400,
+                "Encrypted reasoning is not supported; chain with previous_response_id to "
+                "keep reasoning.",
+                param="include",
+            )
+        for value in self.include or ():
+            if value != "message.output_text.logprobs":
+                raise APIError(
+                    400,
+                    f"include '{value}' needs a built-in tool this server does not run.",
+                    param="include",
+                )
+        if self.top_logprobs and "message.output_text.logprobs" not in (self.include or ()):
+            raise APIError(
+                400,
+                "'top_logprobs' requires include ['message.output_text.logprobs'].",
+                param="top_logprobs",
+            )
+        if (self.text and self.text.verbosity) not in (None, "medium"):
+            raise APIError(
+                400, "Only the default verbosity ('medium') is supported.", param="text.verbosity"
+            )
+        self._check_tools()
+        self._check_items()
+
+    def _check_tools(self) -> None:
+        names = set()
+        for i, tool in enumerate(self.tools or ()):
+            if isinstance(tool, BuiltinTool):
+                raise APIError(
+                    400,
+                    f"Tools of type '{tool.type}' are not supported; use function tools.",
+                    param=f"tools[{i}]",
+                )
+            names.add(tool.name)
+        choice = self.tool_choice
+        if isinstance(choice, dict):
+            raise APIError(
+                400,
+                f"tool_choice of type '{choice.get('type')}' is not supported.",
+                param="tool_choice",
+            )
+        if choice not in (None, "none") and not self.tools:
+            raise APIError(
+                400,
+                "'tool_choice' is only allowed when 'tools' are specified.",
+                param="tool_choice",
+            )
+        if isinstance(choice, FunctionChoice) and choice.name not in names:
+            raise APIError(
+                400,
+                f"tool_choice names the function '{choice.name}', which is not in 'tools'.",
+                param="tool_choice",
+            )
+
+    def _check_items(self) -> None:
+        if isinstance(self.input, str):
+            return
+        for i, item in enumerate(self.input):
+            if isinstance(item, ReasoningItem) and item.encrypted_content is not None:
+                raise APIError(
+                    400,
+                    "Encrypted reasoning is not supported.",
+                    param=f"input[{i}].encrypted_content",
+                )
+            if not isinstance(item, MessageItem) or isinstance(item.content, str):
+                continue
+            for j, part in enumerate(item.content):
+                param = f"input[{i}].content[{j}]"
+                if isinstance(part, InputImage | InputFile):
+                    kind = "image" if isinstance(part, InputImage) else "file"
+                    raise APIError(
+                        400,
+                        f"The model '{self.model}' accepts text and audio only; {kind} inputs "
+                        "are not supported.",
+                        param=param,
+                        code="unsupported_content",
+                    )
+                assistant = item.role == "assistant"
+                if assistant and isinstance(part, InputAudio):
+                    raise APIError(400, "Assistant messages cannot carry audio.", param=param)
+                if not assistant and isinstance(part, OutputText | Refusal):
+                    raise APIError(
+                        400,
+                        f"Content of type '{part.type}' is for assistant messages only.",
+                        param=param,
+                    )
+
+    def input_items(self) -> list[dict[str, Any]]:
+        """This request's input as stored items, each with an id (kept if the client gave
+        one)."""
+        if isinstance(self.input, str):
+            raw = [{"type": "message", "role": "user", "content": self.input}]
+        else:
+            raw = [item.model_dump(by_alias=True, exclude_none=True) for item in self.input]
+        items = []
+        for item in raw:
+            if item["type"] == "message" and isinstance(item["content"], str):
+                kind = "output_text" if item["role"] == "assistant" else "input_text"
+                item["content"] = [{"type": kind, "text": item["content"]}]
+                if kind == "output_text":
+                    item["content"][0]["annotations"] = []
+            item.setdefault("id", new_id(_ID_PREFIX[item["type"]]))
+            item.setdefault("status", "completed")
+            items.append(item)
+        return items
+
+    def chat_body(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """The chat request this response runs: ``items`` (history, then this input) as
+        messages after this request's ``instructions``."""
+        messages = [{"role": "system", "content": self.instructions}] if self.instructions else []
+        messages += to_messages(items)
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": True}
+        body.update(self.model_dump(include=set(SamplingFields.model_fields), exclude_none=True))
+        for ours, chat in (
+            ("max_output_tokens", "max_completion_tokens"),
+            ("parallel_tool_calls", "parallel_tool_calls"),
+            ("seed", "seed"),
+            ("top_logprobs", "top_logprobs"),
+        ):
+            if getattr(self, ours) is not None:
+                body[chat] = getattr(self, ours)
+        if "message.output_text.logprobs" in (self.include or ()):
+            body["logprobs"] = True
+        if self.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": t.model_dump(exclude_none=True, exclude={"type"}),
+                }
+                for t in self.tools
+            ]
+        if isinstance(self.tool_choice, FunctionChoice):
+            body["tool_choice"] = {"type": "function", "function": {"name": self.tool_choice.name}}
+        elif self.tool_choice is not None:
+            body["tool_choice"] = self.tool_choice
+        effort = self.reasoning.effort if self.reasoning else None
+        if effort is not None:
+            body["reasoning_effort"] = effort
+        fmt = self.text.format if self.text else None
+        if isinstance(fmt, JSONSchemaFormat):
+            schema = fmt.model_dump(by_alias=True, exclude_none=True, exclude={"type"})
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
+        elif fmt is not None:
+            body["response_format"] = {"type": fmt.type}
+        return body
+
+
+_ID_PREFIX = {
+    "message": "msg",
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "reasoning": "rs",
+}
+# Chat's names of fields that a Responses request names otherwise (for 400s from chat).
+CHAT_PARAMS = {
+    "messages": "input",
+    "max_completion_tokens": "max_output_tokens",
+    "response_format": "text.format",
+    "reasoning_effort": "reasoning.effort",
+    "enable_thinking": "reasoning.effort",
+}
+
+
+def response_param(param: str | None) -> str | None:
+    """A chat request's ``param`` as the Responses request names it."""
+    if param is None:
+        return None
+    head = param.split("[", 1)[0].split(".", 1)[0]
+    return CHAT_PARAMS.get(head, param)
+
+
+def _text(content: list[dict[str, Any]]) -> str:
+    return "".join(part.get("text", part.get("refusal", "")) for part in content)
+
+
+def to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored items (input and output, in order) as chat messages: consecutive function calls
+    become one assistant message's ``tool_calls``; a reasoning item goes to the next
+    assistant message's ``reasoning`` (one that no assistant turn follows, as when the output
+    was cut short while reasoning, is dropped); function call outputs become tool messages."""
+    messages: list[dict[str, Any]] = []
+    reasoning: list[str] = []
+
+    def assistant() -> dict[str, Any]:
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "assistant" and not reasoning:
+            return last
+        message: dict[str, Any] = {"role": "assistant"}
+        if reasoning:
+            message["reasoning"] = "\n".join(reasoning)
+            reasoning.clear()
+        messages.append(message)
+        return message
+
+    for item in items:
+        kind = item["type"]
+        if kind == "reasoning":
+            reasoning.append(_text(item.get("content") or item.get("summary") or []))
+        elif kind == "function_call":
+            message = assistant()
+            message.setdefault("tool_calls", []).append(
+                {
+                    "id": item["call_id"],
+                    "type": "function",
+                    "function": {"name": item["name"], "arguments": item["arguments"]},
+                }
+            )
+        elif kind == "function_call_output":
+            output = item["output"]
+            text = output if isinstance(output, str) else _text(output)
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
+            reasoning.clear()
+        elif item["role"] == "assistant":
+            text = _text(item["content"])
+            message = assistant()
+            if message.get("tool_calls") or "content" in message:
+                message = {"role": "assistant"}
+                messages.append(message)
+            message["content"] = text
+        else:
+            parts = item["content"]
+            if any(part["type"] == "input_audio" for part in parts):
+                content: Any = [
+                    {"type": "input_audio", "input_audio": part["input_audio"]}
+                    if part["type"] == "input_audio"
+                    else {"type": "text", "text": part["text"]}
+                    for part in parts
+                ]
+            else:
+                content = _text(parts)
+            messages.append({"role": item["role"], "content": content})
+            reasoning.clear()
+    return messages

@@ -1,0 +1,150 @@
+"""The response store's tables and queries, shared by the SQLite and PostgreSQL backends.
+
+A stored response is one row of ``responses`` (its whole Response object as JSON, its owner:
+the name of the API key that made it, and the response it continues) plus its input items,
+one row each, in order. History for ``previous_response_id`` is one recursive query up the
+chain. Queries are written with ``%s`` placeholders (psycopg's); SQLite's ``?`` replaces them.
+Every read is scoped to the owner and skips expired rows, whether or not the cleanup task
+has deleted them yet.
+"""
+
+import json
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+# Applied in order at start; the store records how many it has applied (``schema_version``).
+MIGRATIONS = [
+    [
+        """CREATE TABLE IF NOT EXISTS responses (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            previous_id TEXT,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            body TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS responses_expires_at ON responses (expires_at)",
+        """CREATE TABLE IF NOT EXISTS input_items (
+            response_id TEXT NOT NULL REFERENCES responses (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (response_id, seq)
+        )""",
+    ],
+]
+
+UPSERT_RESPONSE = """INSERT INTO responses (id, owner, previous_id, created_at, expires_at, body)
+    VALUES (%s, %s, %s, %s, %s, %s)
+    ON CONFLICT (id) DO UPDATE SET body = excluded.body
+    WHERE responses.owner = excluded.owner"""
+GET_RESPONSE = "SELECT body FROM responses WHERE id = %s AND owner = %s AND expires_at > %s"
+DELETE_RESPONSE = "DELETE FROM responses WHERE id = %s AND owner = %s AND expires_at > %s"
+CHAIN = """WITH RECURSIVE chain (id, previous_id, depth) AS (
+        SELECT id, previous_id, 0 FROM responses
+        WHERE id = %s AND owner = %s AND expires_at > %s
+        UNION ALL
+        SELECT r.id, r.previous_id, c.depth + 1 FROM responses r JOIN chain c
+        ON r.id = c.previous_id
+        WHERE r.owner = %s AND r.expires_at > %s AND c.depth < %s
+    )
+    SELECT chain.depth, responses.body, items.body
+    FROM chain JOIN responses ON responses.id = chain.id
+    LEFT JOIN input_items items ON items.response_id = chain.id
+    ORDER BY chain.depth DESC, items.seq"""
+INPUT_ITEMS = """SELECT items.body FROM input_items items JOIN responses r
+    ON r.id = items.response_id
+    WHERE r.id = %s AND r.owner = %s AND r.expires_at > %s ORDER BY items.seq"""
+EXPIRED = "DELETE FROM responses WHERE expires_at <= %s"
+
+
+class ChainTooLong(Exception):
+    """A ``previous_response_id`` chain longer than the store is asked to expand."""
+
+
+class SQLStore(ABC):
+    """The store's operations over a backend's ``_query`` and ``_transaction``."""
+
+    def __init__(self, retention_s: float) -> None:
+        self.retention_s = retention_s
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect and bring the schema up to date (``MIGRATIONS``)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def _query(self, sql: str, params: tuple) -> list[tuple]:
+        """The rows of one statement."""
+
+    @abstractmethod
+    async def _transaction(self, statements: list[tuple[str, tuple]]) -> list[int]:
+        """Run statements in one transaction; the rows each changed."""
+
+    async def put_response(self, owner: str, response: dict[str, Any], items: list[dict]) -> None:
+        """Store (or update, same owner only) a response and its input items, committed
+        when this returns."""
+        created = int(response["created_at"])
+        row = (
+            response["id"],
+            owner,
+            response.get("previous_response_id"),
+            created,
+            int(created + self.retention_s),
+            json.dumps(response),
+        )
+        statements = [(UPSERT_RESPONSE, row)]
+        statements.append(("DELETE FROM input_items WHERE response_id = %s", (response["id"],)))
+        statements += [
+            (
+                "INSERT INTO input_items (response_id, seq, body) VALUES (%s, %s, %s)",
+                (response["id"], seq, json.dumps(item)),
+            )
+            for seq, item in enumerate(items)
+        ]
+        await self._transaction(statements)
+
+    async def get_response(self, owner: str, response_id: str) -> dict[str, Any] | None:
+        rows = await self._query(GET_RESPONSE, (response_id, owner, _now()))
+        return json.loads(rows[0][0]) if rows else None
+
+    async def delete_response(self, owner: str, response_id: str) -> bool:
+        (deleted,) = await self._transaction([(DELETE_RESPONSE, (response_id, owner, _now()))])
+        return deleted > 0
+
+    async def history(self, owner: str, response_id: str, max_chain: int) -> list[dict] | None:
+        """The items of the chain ending at ``response_id``, oldest first: each response's
+        input items, then its output. None if the response is not there for ``owner``;
+        ``ChainTooLong`` beyond ``max_chain`` responses. A chain whose older part was
+        deleted (or expired) starts where what is left starts."""
+        now = _now()
+        rows = await self._query(CHAIN, (response_id, owner, now, owner, now, max_chain))
+        if not rows:
+            return None
+        if rows[0][0] >= max_chain:  # the query goes one response further than allowed
+            raise ChainTooLong
+        items: list[dict] = []
+        for i, (depth, body, item) in enumerate(rows):
+            if item is not None:
+                items.append(json.loads(item))
+            if i + 1 == len(rows) or rows[i + 1][0] != depth:  # the response's last row
+                items.extend(json.loads(body)["output"])
+        return items
+
+    async def input_items(self, owner: str, response_id: str) -> list[dict] | None:
+        """A response's own input items in order; None if it is not there for ``owner``."""
+        if await self.get_response(owner, response_id) is None:
+            return None
+        rows = await self._query(INPUT_ITEMS, (response_id, owner, _now()))
+        return [json.loads(body) for (body,) in rows]
+
+    async def cleanup(self) -> int:
+        """Delete what is past its retention; how many responses went."""
+        (deleted,) = await self._transaction([(EXPIRED, (_now(),))])
+        return deleted
+
+
+def _now() -> int:
+    return int(time.time())

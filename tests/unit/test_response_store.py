@@ -1,0 +1,186 @@
+"""The response store, one suite run against both backends: SQLite in a temp dir and a real
+PostgreSQL server the session starts (``tests/postgres_server.py``)."""
+
+import asyncio
+import itertools
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from serve_app.store import ChainTooLong
+from serve_app.store.postgres import PostgresStore
+from serve_app.store.sqlite import SQLiteStore
+
+DAY = 86400
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_store(request, tmp_path):
+    """``make_store(retention_s)`` -> a started store on a fresh database."""
+    made = []
+
+    def make(retention_s: float = 30 * DAY):
+        if request.param == "sqlite":
+            store = SQLiteStore(str(tmp_path / "responses.sqlite3"), retention_s)
+        else:
+            dsn = request.getfixturevalue("postgres_dsn")
+            name = f"t{next(_databases)}_{uuid.uuid4().hex[:8]}"
+            if not made:
+                with psycopg.connect(dsn, autocommit=True) as db:
+                    db.execute(f"CREATE DATABASE {name}")
+                request.node.dsn = dsn.rsplit("/", 1)[0] + "/" + name
+            store = PostgresStore(request.node.dsn, retention_s)
+        run(store.start())
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        run(store.close())
+
+
+def run(coro):
+    return asyncio.run(coro) if not _LOOP else _LOOP.run_until_complete(coro)
+
+
+_LOOP = asyncio.new_event_loop()  # one loop: a psycopg pool lives on the loop it opened on
+
+
+def response(rid, previous=None, output_text="hi", created=None):
+    return {
+        "id": rid,
+        "object": "response",
+        "created_at": created or int(time.time()),
+        "previous_response_id": previous,
+        "status": "completed",
+        "output": [
+            {
+                "id": f"msg_{rid}",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": output_text, "annotations": []}],
+            }
+        ],
+    }
+
+
+def user(text, item_id=None):
+    return {
+        "id": item_id or f"msg_{uuid.uuid4().hex}",
+        "type": "message",
+        "role": "user",
+        "status": "completed",
+        "content": [{"type": "input_text", "text": text}],
+    }
+
+
+def test_a_stored_response_reads_back_for_its_owner_only(make_store):
+    store = make_store()
+    run(store.put_response("alice", response("resp_1"), [user("hello")]))
+    assert run(store.get_response("alice", "resp_1"))["output"][0]["id"] == "msg_resp_1"
+    assert run(store.get_response("bob", "resp_1")) is None
+    assert run(store.input_items("bob", "resp_1")) is None
+    assert run(store.history("bob", "resp_1", 10)) is None
+    assert not run(store.delete_response("bob", "resp_1"))
+    assert run(store.get_response("alice", "resp_1")) is not None
+
+
+def test_history_walks_the_chain_oldest_first_with_every_item(make_store):
+    store = make_store()
+    call = {"id": "fc_1", "type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    first = response("resp_1")
+    first["output"].insert(
+        0,
+        {
+            "id": "rs_1",
+            "type": "reasoning",
+            "summary": [],
+            "content": [{"type": "reasoning_text", "text": "hmm"}],
+        },
+    )
+    first["output"].append(call)
+    run(store.put_response("alice", first, [user("one", "msg_a")]))
+    output = {"id": "fco_1", "type": "function_call_output", "call_id": "c1", "output": "42"}
+    run(store.put_response("alice", response("resp_2", "resp_1", "two"), [output, user("b")]))
+    run(store.put_response("alice", response("resp_3", "resp_2", "three"), [user("c")]))
+    items = run(store.history("alice", "resp_3", 10))
+    kinds = [(i["type"], i.get("role")) for i in items]
+    assert kinds == [
+        ("message", "user"), ("reasoning", None), ("message", "assistant"),
+        ("function_call", None), ("function_call_output", None), ("message", "user"),
+        ("message", "assistant"), ("message", "user"), ("message", "assistant"),
+    ]  # fmt: skip
+    assert items[0]["id"] == "msg_a" and items[-1]["content"][0]["text"] == "three"
+    assert [i["type"] for i in run(store.history("alice", "resp_2", 10))][-1] == "message"
+    with pytest.raises(ChainTooLong):
+        run(store.history("alice", "resp_3", 2))
+    assert len(run(store.history("alice", "resp_3", 3))) == len(items)
+
+
+def test_a_deleted_response_is_gone_and_its_chain_starts_after_it(make_store):
+    store = make_store()
+    run(store.put_response("alice", response("resp_1"), [user("one")]))
+    run(store.put_response("alice", response("resp_2", "resp_1"), [user("two")]))
+    assert run(store.delete_response("alice", "resp_1"))
+    assert run(store.get_response("alice", "resp_1")) is None
+    assert run(store.input_items("alice", "resp_1")) is None
+    assert not run(store.delete_response("alice", "resp_1"))
+    items = run(store.history("alice", "resp_2", 10))
+    assert [i["content"][0]["text"] for i in items] == ["two", "hi"]
+
+
+def test_input_items_keep_their_order(make_store):
+    store = make_store()
+    items = [user(f"m{i}") for i in range(30)]
+    run(store.put_response("alice", response("resp_1"), items))
+    assert run(store.input_items("alice", "resp_1")) == items
+
+
+def test_rewriting_a_response_replaces_it(make_store):
+    store = make_store()
+    first = response("resp_1")
+    first["status"] = "in_progress"
+    run(store.put_response("alice", first, [user("one")]))
+    run(store.put_response("alice", response("resp_1", output_text="done"), [user("one")]))
+    got = run(store.get_response("alice", "resp_1"))
+    assert got["status"] == "completed" and got["output"][0]["content"][0]["text"] == "done"
+    assert len(run(store.input_items("alice", "resp_1"))) == 1
+    run(store.put_response("bob", response("resp_1", output_text="bob's"), []))  # not his
+    assert run(store.get_response("alice", "resp_1"))["output"][0]["content"][0]["text"] == "done"
+    assert run(store.get_response("bob", "resp_1")) is None
+
+
+def test_retention_hides_then_cleanup_deletes(make_store):
+    store = make_store(retention_s=DAY)
+    old = int(time.time()) - 2 * DAY
+    run(store.put_response("alice", response("resp_old", created=old), [user("old")]))
+    run(store.put_response("alice", response("resp_new"), [user("new")]))
+    assert run(store.get_response("alice", "resp_old")) is None  # expired, not yet deleted
+    assert run(store.history("alice", "resp_old", 10)) is None
+    assert run(store.cleanup()) == 1
+    assert run(store.cleanup()) == 0
+    assert run(store.get_response("alice", "resp_new")) is not None
+
+
+def test_the_schema_survives_a_restart(make_store):
+    store = make_store()
+    run(store.put_response("alice", response("resp_1"), [user("one")]))
+    run(store.close())
+    again = make_store()  # same database, migrations already applied
+    assert run(again.get_response("alice", "resp_1")) is not None
+
+
+def test_concurrent_writes_all_land(make_store):
+    store = make_store()
+
+    async def many():
+        await asyncio.gather(
+            *(store.put_response("alice", response(f"resp_{i}"), [user(str(i))]) for i in range(50))
+        )
+
+    run(many())
+    assert all(run(store.get_response("alice", f"resp_{i}")) for i in range(50))

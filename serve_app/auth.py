@@ -26,6 +26,7 @@ Endpoint = Literal[
     "chat-completions",
     "completions",
     "responses",
+    "conversations",
     "audio-transcriptions",
     "audio-translations",
 ]

@@ -66,6 +66,8 @@ def base_response(
     }
     for name in ECHOED:
         response[name] = getattr(request, name)
+    if request.conversation_id is not None:
+        response["conversation"] = {"id": request.conversation_id}
     if request.user is None:
         del response["user"]  # the one echoed field that may not be null
     return response

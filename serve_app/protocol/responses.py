@@ -194,6 +194,10 @@ class ReasoningOptions(Strict):
     context: Literal["auto", "current_turn", "all_turns"] | None = None
 
 
+class ConversationRef(Strict):
+    id: str = Field(min_length=1, max_length=128)
+
+
 class StreamOptions(Strict):
     include_obfuscation: bool | None = Field(None, description="Advisory: we never pad.")
 
@@ -210,7 +214,6 @@ INCLUDE = Literal[
 ]
 # Fields refused unless null: what they ask for, for the 400.
 NOT_SUPPORTED = {
-    "conversation": "Conversations are not supported yet",
     "background": "Background mode is not supported yet",
     "prompt": "Reusable prompts",
     "moderation": "Moderation",
@@ -259,15 +262,29 @@ class ResponseRequest(SamplingFields):
     prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     prompt_cache_options: dict[str, Any] | None = None
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    conversation: Annotated[str, Field(min_length=1, max_length=128)] | ConversationRef | None = (
+        None
+    )
     # Refused unless null (NOT_SUPPORTED).
-    conversation: str | dict[str, Any] | None = None
     background: bool | None = None
     prompt: dict[str, Any] | None = None
     moderation: dict[str, Any] | None = None
     context_management: list[dict[str, Any]] | dict[str, Any] | None = None
 
+    @property
+    def conversation_id(self) -> str | None:
+        if isinstance(self.conversation, ConversationRef):
+            return self.conversation.id
+        return self.conversation
+
     def check(self, max_items: int) -> None:
         """Rules that span fields, and what we refuse; 400 naming the field."""
+        if self.conversation is not None and self.previous_response_id is not None:
+            raise APIError(
+                400,
+                "'conversation' and 'previous_response_id' cannot be used together.",
+                param="conversation",
+            )
         for name, what in NOT_SUPPORTED.items():
             value = getattr(self, name)
             if value is not None and value is not False:
@@ -365,56 +382,14 @@ class ResponseRequest(SamplingFields):
             )
 
     def _check_items(self) -> None:
-        if isinstance(self.input, str):
-            return
-        for i, item in enumerate(self.input):
-            if isinstance(item, ReasoningItem) and item.encrypted_content is not None:
-                raise APIError(
-                    400,
-                    "Encrypted reasoning is not supported.",
-                    param=f"input[{i}].encrypted_content",
-                )
-            if not isinstance(item, MessageItem) or isinstance(item.content, str):
-                continue
-            for j, part in enumerate(item.content):
-                param = f"input[{i}].content[{j}]"
-                if isinstance(part, InputImage | InputFile):
-                    kind = "image" if isinstance(part, InputImage) else "file"
-                    raise APIError(
-                        400,
-                        f"The model '{self.model}' accepts text and audio only; {kind} inputs "
-                        "are not supported.",
-                        param=param,
-                        code="unsupported_content",
-                    )
-                assistant = item.role == "assistant"
-                if assistant and isinstance(part, InputAudio):
-                    raise APIError(400, "Assistant messages cannot carry audio.", param=param)
-                if not assistant and isinstance(part, OutputText | Refusal):
-                    raise APIError(
-                        400,
-                        f"Content of type '{part.type}' is for assistant messages only.",
-                        param=param,
-                    )
+        if not isinstance(self.input, str):
+            check_items(self.input, "input")
 
     def input_items(self) -> list[dict[str, Any]]:
-        """This request's input as stored items, each with an id (kept if the client gave
-        one)."""
+        """This request's input as stored items (``stored_items``)."""
         if isinstance(self.input, str):
-            raw = [{"type": "message", "role": "user", "content": self.input}]
-        else:
-            raw = [item.model_dump(by_alias=True, exclude_none=True) for item in self.input]
-        items = []
-        for item in raw:
-            if item["type"] == "message" and isinstance(item["content"], str):
-                kind = "output_text" if item["role"] == "assistant" else "input_text"
-                item["content"] = [{"type": kind, "text": item["content"]}]
-                if kind == "output_text":
-                    item["content"][0]["annotations"] = []
-            item.setdefault("id", new_id(_ID_PREFIX[item["type"]]))
-            item.setdefault("status", "completed")
-            items.append(item)
-        return items
+            return stored_items([MessageItem(type="message", role="user", content=self.input)])
+        return stored_items(self.input)
 
     def chat_body(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """The chat request this response runs: ``items`` (history, then this input) as
@@ -455,6 +430,56 @@ class ResponseRequest(SamplingFields):
         elif fmt is not None:
             body["response_format"] = {"type": fmt.type}
         return body
+
+
+def check_items(items: list[Any], field: str) -> None:
+    """400 naming the item (``input[2].content[0]``) for content no model here accepts."""
+    for i, item in enumerate(items):
+        if isinstance(item, ReasoningItem) and item.encrypted_content is not None:
+            raise APIError(
+                400, "Encrypted reasoning is not supported.",
+                param=f"{field}[{i}].encrypted_content",
+            )  # fmt: skip
+        if not isinstance(item, MessageItem) or isinstance(item.content, str):
+            continue
+        for j, part in enumerate(item.content):
+            param = f"{field}[{i}].content[{j}]"
+            if isinstance(part, InputImage | InputFile):
+                kind = "image" if isinstance(part, InputImage) else "file"
+                raise APIError(
+                    400,
+                    f"The models here accept text and audio only; {kind} inputs are not supported.",
+                    param=param,
+                    code="unsupported_content",
+                )
+            assistant = item.role == "assistant"
+            if assistant and isinstance(part, InputAudio):
+                raise APIError(400, "Assistant messages cannot carry audio.", param=param)
+            if not assistant and isinstance(part, OutputText | Refusal):
+                raise APIError(
+                    400,
+                    f"Content of type '{part.type}' is for assistant messages only.",
+                    param=param,
+                )
+
+
+def stored_items(items: list[Any]) -> list[dict[str, Any]]:
+    """Input items as they are stored and listed: content as parts, each item with an id
+    (kept if the client gave one) and a status."""
+    stored = []
+    for item in items:
+        item = item.model_dump(by_alias=True, exclude_none=True)
+        if item["type"] == "message" and isinstance(item["content"], str):
+            kind = "output_text" if item["role"] == "assistant" else "input_text"
+            item["content"] = [{"type": kind, "text": item["content"]}]
+        for part in item.get("content") or () if item["type"] == "message" else ():
+            if part["type"] == "output_text":
+                part.setdefault("annotations", [])
+                part.setdefault("logprobs", [])
+        item.setdefault("id", new_id(_ID_PREFIX[item["type"]]))
+        item.setdefault("status", "completed")
+        stored.append(item)
+    return stored
 
 
 _ID_PREFIX = {

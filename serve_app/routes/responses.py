@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -31,41 +31,12 @@ from serve_app.pipeline import registry
 from serve_app.protocol.openai import ChatCompletionRequest
 from serve_app.protocol.responses import ResponseRequest, new_id, response_param
 from serve_app.routes.generation import generate_call, prepare
-from serve_app.store import ChainTooLong
+from serve_app.routes.stored import Order, not_found, owner_of, page, store_call
+from serve_app.store import TOO_LONG
 
 logger = logging.getLogger(LOGGER)
 router = APIRouter()
 Key = Annotated[APIKey | None, Depends(require("responses"))]
-
-
-def _store(request: Request) -> Any:
-    return request.app.state.store
-
-
-def _owner(key: APIKey | None) -> str:
-    """Whose a stored response is: the key's name ("" when the API runs without keys)."""
-    return key.name if key is not None else ""
-
-
-def _not_found(response_id: str, param: str = "response_id") -> APIError:
-    shown = response_id if len(response_id) <= 100 else response_id[:100] + "..."
-    return APIError(404, f"Response with id '{shown}' not found.", param=param, code="not_found")
-
-
-async def _call_store(request: Request, method: str, *args: Any) -> Any:
-    """A store operation; 503 if the store cannot answer."""
-    try:
-        return await getattr(_store(request), method)(*args)
-    except ChainTooLong:
-        raise
-    except Exception:
-        logger.exception("response store failed: %s", method)
-        raise APIError(
-            503,
-            "The response store is unavailable. Please retry.",
-            code="store_unavailable",
-            headers={"Retry-After": str(registry(request).config.limits.retry_after_s)},
-        ) from None
 
 
 def _chat_request(body: ResponseRequest, items: list[dict[str, Any]]) -> ChatCompletionRequest:
@@ -80,23 +51,8 @@ def _chat_request(body: ResponseRequest, items: list[dict[str, Any]]) -> ChatCom
 async def create_response(body: ResponseRequest, request: Request, key: Key) -> Response:
     options = registry(request).config.store
     body.check(options.max_input_items)
-    owner = _owner(key)
-    history: list[dict[str, Any]] = []
-    if body.previous_response_id:
-        try:
-            found = await _call_store(
-                request, "history", owner, body.previous_response_id, options.max_chain
-            )
-        except ChainTooLong:
-            raise APIError(
-                400,
-                f"The chain of previous responses is longer than {options.max_chain} "
-                "responses; start a new one.",
-                param="previous_response_id",
-            ) from None
-        if found is None:
-            raise _not_found(body.previous_response_id, "previous_response_id")
-        history = found
+    owner = owner_of(key)
+    history = await _history(request, body, owner, options.max_chain)
     items = body.input_items()
     if len(json.dumps(items)) > options.max_response_bytes:
         raise APIError(
@@ -135,8 +91,14 @@ async def create_response(body: ResponseRequest, request: Request, key: Key) -> 
     stored = body.store is not False
 
     async def save() -> None:
+        """Store the response, and add its input and output to its conversation."""
         if stored:
-            await _call_store(request, "put_response", owner, builder.response, items)
+            await store_call(request, "put_response", owner, builder.response, items)
+        conversation = body.conversation_id
+        if conversation and builder.response["status"] in ("completed", "incomplete"):
+            new = items + builder.response["output"]
+            if not await store_call(request, "add_items", owner, conversation, new):
+                raise not_found("Conversation", conversation, "conversation")
 
     if body.stream:
         return StreamingResponse(
@@ -154,6 +116,31 @@ async def create_response(body: ResponseRequest, request: Request, key: Key) -> 
         builder.finish()
     await save()
     return JSONResponse(builder.response)
+
+
+async def _history(
+    request: Request, body: ResponseRequest, owner: str, max_chain: int
+) -> list[dict[str, Any]]:
+    """The stored items this response continues: its conversation's, or its
+    ``previous_response_id`` chain's."""
+    if body.conversation_id is not None:
+        found = await store_call(request, "conversation_items", owner, body.conversation_id)
+        if found is None:
+            raise not_found("Conversation", body.conversation_id, "conversation")
+        return found
+    if body.previous_response_id is None:
+        return []
+    found = await store_call(request, "history", owner, body.previous_response_id, max_chain)
+    if found is None:
+        raise not_found("Response", body.previous_response_id, "previous_response_id")
+    if found == TOO_LONG:
+        raise APIError(
+            400,
+            f"The chain of previous responses is longer than {max_chain} responses; start "
+            "a new one.",
+            param="previous_response_id",
+        )
+    return found
 
 
 async def _frames(first: Frame, rest: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
@@ -222,24 +209,24 @@ async def get_response(
 ) -> JSONResponse:
     if stream:
         raise APIError(400, "Only background responses can be streamed again.", param="stream")
-    found = await _call_store(request, "get_response", _owner(key), response_id)
+    found = await store_call(request, "get_response", owner_of(key), response_id)
     if found is None:
-        raise _not_found(response_id)
+        raise not_found("Response", response_id, "response_id")
     return JSONResponse(found)
 
 
 @router.delete("/v1/responses/{response_id}")
 async def delete_response(response_id: str, request: Request, key: Key) -> JSONResponse:
-    if not await _call_store(request, "delete_response", _owner(key), response_id):
-        raise _not_found(response_id)
+    if not await store_call(request, "delete_response", owner_of(key), response_id):
+        raise not_found("Response", response_id, "response_id")
     return JSONResponse({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
 @router.post("/v1/responses/{response_id}/cancel")
 async def cancel_response(response_id: str, request: Request, key: Key) -> JSONResponse:
-    found = await _call_store(request, "get_response", _owner(key), response_id)
+    found = await store_call(request, "get_response", owner_of(key), response_id)
     if found is None:
-        raise _not_found(response_id)
+        raise not_found("Response", response_id, "response_id")
     raise APIError(400, "Only background responses can be cancelled.", param="response_id")
 
 
@@ -250,28 +237,12 @@ async def input_items(
     key: Key,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Literal["asc", "desc"] = "desc",
+    order: Order = "desc",
     include: Annotated[list[str] | None, Query()] = None,
 ) -> JSONResponse:
     """A response's own input items (not those of the responses it continues), newest
     first unless ``order=asc``; ``after`` an item id, ``limit`` 1 to 100."""
-    items = await _call_store(request, "input_items", _owner(key), response_id)
+    items = await store_call(request, "input_items", owner_of(key), response_id)
     if items is None:
-        raise _not_found(response_id)
-    if order == "desc":
-        items = items[::-1]
-    if after is not None:
-        ids = [item["id"] for item in items]
-        if after not in ids:
-            raise APIError(400, f"No input item with id '{after[:100]}'.", param="after")
-        items = items[ids.index(after) + 1 :]
-    page = items[:limit]
-    return JSONResponse(
-        {
-            "object": "list",
-            "data": page,
-            "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None,
-            "has_more": len(items) > limit,
-        }
-    )
+        raise not_found("Response", response_id, "response_id")
+    return JSONResponse(page(items, after, limit, order))

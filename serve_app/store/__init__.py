@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from serve_app.store.sql import ChainTooLong, SQLStore
+from serve_app.store.sql import TOO_LONG, SQLStore
 
-__all__ = ["ChainTooLong", "HandleStore", "SQLStore", "default_path", "open_store"]
+__all__ = ["TOO_LONG", "HandleStore", "SQLStore", "default_path", "open_store"]
 
 
 def default_path() -> Path:
@@ -48,9 +48,10 @@ class HandleStore:
         self.handle = handle
 
     def __getattr__(self, name: str) -> Any:
-        method = getattr(self.handle, name)
+        if name not in SQLStore.OPERATIONS:
+            raise AttributeError(name)
 
         async def call(*args: Any) -> Any:
-            return await method.remote(*args)
+            return await self.handle.call.remote(name, *args)
 
         return call

@@ -40,20 +40,11 @@ class ResponseStore:
                     logger.info("response store: %d expired responses deleted", deleted)
             await asyncio.sleep(CLEANUP_EVERY_S)
 
-    async def put_response(self, owner: str, response: dict, items: list[dict]) -> None:
-        await (await self._ready()).put_response(owner, response, items)
-
-    async def get_response(self, owner: str, response_id: str) -> dict | None:
-        return await (await self._ready()).get_response(owner, response_id)
-
-    async def delete_response(self, owner: str, response_id: str) -> bool:
-        return await (await self._ready()).delete_response(owner, response_id)
-
-    async def history(self, owner: str, response_id: str, max_chain: int) -> list[dict] | None:
-        return await (await self._ready()).history(owner, response_id, max_chain)
-
-    async def input_items(self, owner: str, response_id: str) -> list[dict] | None:
-        return await (await self._ready()).input_items(owner, response_id)
+    async def call(self, operation: str, *args: Any) -> Any:
+        """Run one of the store's operations (``SQLStore.OPERATIONS``)."""
+        if operation not in SQLStore.OPERATIONS:
+            raise ValueError(f"not a store operation: {operation}")
+        return await getattr(await self._ready(), operation)(*args)
 
     async def check_health(self) -> None:
         """Serve's health check: the backend answers a query."""

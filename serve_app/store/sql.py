@@ -5,7 +5,8 @@ the name of the API key that made it, and the response it continues) plus its in
 one row each, in order. History for ``previous_response_id`` is one recursive query up the
 chain. Queries are written with ``%s`` placeholders (psycopg's); SQLite's ``?`` replaces them.
 Every read is scoped to the owner and skips expired rows, whether or not the cleanup task
-has deleted them yet.
+has deleted them yet. A conversation is one row of ``conversations`` plus its items in order;
+conversations do not expire (as OpenAI's): they last until deleted.
 """
 
 import json
@@ -32,6 +33,23 @@ MIGRATIONS = [
             PRIMARY KEY (response_id, seq)
         )""",
     ],
+    [
+        """CREATE TABLE IF NOT EXISTS conversations (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            metadata TEXT NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS conversation_items (
+            conversation_id TEXT NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            item_id TEXT NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (conversation_id, seq)
+        )""",
+        """CREATE INDEX IF NOT EXISTS conversation_items_id
+            ON conversation_items (conversation_id, item_id)""",
+    ],
 ]
 
 UPSERT_RESPONSE = """INSERT INTO responses (id, owner, previous_id, created_at, expires_at, body)
@@ -56,14 +74,43 @@ INPUT_ITEMS = """SELECT items.body FROM input_items items JOIN responses r
     ON r.id = items.response_id
     WHERE r.id = %s AND r.owner = %s AND r.expires_at > %s ORDER BY items.seq"""
 EXPIRED = "DELETE FROM responses WHERE expires_at <= %s"
+# Appending to a conversation: the first statement locks its row (PostgreSQL; SQLite's
+# writers are serial anyway) and says whether it is the owner's; each item then takes the
+# next position, in a conversation of that owner only.
+LOCK_CONVERSATION = "UPDATE conversations SET id = id WHERE id = %s AND owner = %s"
+APPEND_ITEM = """INSERT INTO conversation_items (conversation_id, seq, item_id, body)
+    SELECT c.id, COALESCE((SELECT MAX(seq) FROM conversation_items
+                           WHERE conversation_id = c.id), -1) + 1, %s, %s
+    FROM conversations c WHERE c.id = %s AND c.owner = %s"""
+CONVERSATION_ITEMS = """SELECT items.body FROM conversation_items items JOIN conversations c
+    ON c.id = items.conversation_id
+    WHERE c.id = %s AND c.owner = %s ORDER BY items.seq"""
 
 
-class ChainTooLong(Exception):
-    """A ``previous_response_id`` chain longer than the store is asked to expand."""
+TOO_LONG = "too_long"  # what ``history`` answers for a chain longer than asked to expand
 
 
 class SQLStore(ABC):
-    """The store's operations over a backend's ``_query`` and ``_transaction``."""
+    """The store's operations (``OPERATIONS``) over a backend's ``_query`` and
+    ``_transaction``."""
+
+    OPERATIONS = frozenset(
+        {
+            "put_response",
+            "get_response",
+            "delete_response",
+            "history",
+            "input_items",
+            "create_conversation",
+            "get_conversation",
+            "update_conversation",
+            "delete_conversation",
+            "add_items",
+            "conversation_items",
+            "get_item",
+            "delete_item",
+        }
+    )
 
     def __init__(self, retention_s: float) -> None:
         self.retention_s = retention_s
@@ -114,17 +161,19 @@ class SQLStore(ABC):
         (deleted,) = await self._transaction([(DELETE_RESPONSE, (response_id, owner, _now()))])
         return deleted > 0
 
-    async def history(self, owner: str, response_id: str, max_chain: int) -> list[dict] | None:
+    async def history(
+        self, owner: str, response_id: str, max_chain: int
+    ) -> list[dict] | str | None:
         """The items of the chain ending at ``response_id``, oldest first: each response's
         input items, then its output. None if the response is not there for ``owner``;
-        ``ChainTooLong`` beyond ``max_chain`` responses. A chain whose older part was
-        deleted (or expired) starts where what is left starts."""
+        ``TOO_LONG`` beyond ``max_chain`` responses. A chain whose older part was deleted
+        (or expired) starts where what is left starts."""
         now = _now()
         rows = await self._query(CHAIN, (response_id, owner, now, owner, now, max_chain))
         if not rows:
             return None
         if rows[0][0] >= max_chain:  # the query goes one response further than allowed
-            raise ChainTooLong
+            return TOO_LONG
         items: list[dict] = []
         for i, (depth, body, item) in enumerate(rows):
             if item is not None:
@@ -140,10 +189,84 @@ class SQLStore(ABC):
         rows = await self._query(INPUT_ITEMS, (response_id, owner, _now()))
         return [json.loads(body) for (body,) in rows]
 
+    async def create_conversation(
+        self, owner: str, conversation: dict[str, Any], items: list[dict]
+    ) -> None:
+        row = (conversation["id"], owner, conversation["created_at"])
+        insert = (
+            "INSERT INTO conversations (id, owner, created_at, metadata) VALUES (%s, %s, %s, %s)"
+        )
+        statements = [(insert, (*row, json.dumps(conversation["metadata"])))]
+        statements += _appends(owner, conversation["id"], items)
+        await self._transaction(statements)
+
+    async def get_conversation(self, owner: str, conversation_id: str) -> dict[str, Any] | None:
+        rows = await self._query(
+            "SELECT created_at, metadata FROM conversations WHERE id = %s AND owner = %s",
+            (conversation_id, owner),
+        )
+        if not rows:
+            return None
+        created, metadata = rows[0]
+        return _conversation(conversation_id, created, json.loads(metadata))
+
+    async def update_conversation(
+        self, owner: str, conversation_id: str, metadata: dict[str, str]
+    ) -> dict[str, Any] | None:
+        update = "UPDATE conversations SET metadata = %s WHERE id = %s AND owner = %s"
+        await self._transaction([(update, (json.dumps(metadata), conversation_id, owner))])
+        return await self.get_conversation(owner, conversation_id)
+
+    async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
+        delete = "DELETE FROM conversations WHERE id = %s AND owner = %s"
+        (deleted,) = await self._transaction([(delete, (conversation_id, owner))])
+        return deleted > 0
+
+    async def add_items(self, owner: str, conversation_id: str, items: list[dict]) -> bool:
+        """Append ``items`` in order; False if the conversation is not the owner's."""
+        statements = [(LOCK_CONVERSATION, (conversation_id, owner))]
+        statements += _appends(owner, conversation_id, items)
+        counts = await self._transaction(statements)
+        return counts[0] > 0
+
+    async def conversation_items(self, owner: str, conversation_id: str) -> list[dict] | None:
+        """Every item of the conversation in order; None if it is not the owner's."""
+        if await self.get_conversation(owner, conversation_id) is None:
+            return None
+        rows = await self._query(CONVERSATION_ITEMS, (conversation_id, owner))
+        return [json.loads(body) for (body,) in rows]
+
+    async def get_item(self, owner: str, conversation_id: str, item_id: str) -> dict | None:
+        rows = await self._query(
+            CONVERSATION_ITEMS.replace("ORDER BY", "AND items.item_id = %s ORDER BY"),
+            (conversation_id, owner, item_id),
+        )
+        return json.loads(rows[0][0]) if rows else None
+
+    async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
+        delete = """DELETE FROM conversation_items WHERE conversation_id = %s AND item_id = %s
+            AND EXISTS (SELECT 1 FROM conversations WHERE id = %s AND owner = %s)"""
+        params = (conversation_id, item_id, conversation_id, owner)
+        (deleted,) = await self._transaction([(delete, params)])
+        return deleted > 0
+
     async def cleanup(self) -> int:
         """Delete what is past its retention; how many responses went."""
         (deleted,) = await self._transaction([(EXPIRED, (_now(),))])
         return deleted
+
+
+def _appends(owner: str, conversation_id: str, items: list[dict]) -> list[tuple[str, tuple]]:
+    return [(APPEND_ITEM, (item["id"], json.dumps(item), conversation_id, owner)) for item in items]
+
+
+def _conversation(conversation_id: str, created_at: int, metadata: dict) -> dict[str, Any]:
+    return {
+        "id": conversation_id,
+        "object": "conversation",
+        "created_at": created_at,
+        "metadata": metadata,
+    }
 
 
 def _now() -> int:

@@ -2,7 +2,11 @@
 loopback gateway, stored in the session's real SQLite store (one replica, shared by both
 ingress replicas)."""
 
+import concurrent.futures
 import json
+import os
+import signal
+import threading
 from pathlib import Path
 
 import httpx
@@ -12,6 +16,7 @@ from openai import OpenAI
 
 from tests.openai_schema import validate
 from tests.serve.conftest import OTHER_KEY
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
 
@@ -170,3 +175,64 @@ def test_the_readme_example_runs_verbatim(base_url: str, client: OpenAI, capsys)
     exec(compile(code, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].strip() and printed[-1] == "['message']"
+
+
+@pytest.mark.parametrize("model", [LOCAL, GATEWAY])
+def test_a_conversation_carries_its_items(client: OpenAI, model: str):
+    conv = client.conversations.create(
+        items=[{"role": "user", "content": "My name is Ada."}], metadata={"case": model}
+    )
+    first = client.responses.create(
+        model=model, conversation=conv.id, input="What is my name?", max_output_tokens=8,
+        temperature=0,
+    )  # fmt: skip
+    assert first.conversation.id == conv.id
+    items = client.conversations.items.list(conv.id, order="asc").data
+    texts = [part.text for item in items for part in item.content]
+    assert texts[:2] == ["My name is Ada.", "What is my name?"]
+    assert texts[2] == first.output_text and len(items) == 3
+    second = client.responses.create(
+        model=model, conversation={"id": conv.id}, input="Thanks.", max_output_tokens=4
+    )
+    # the whole conversation went into the second prompt
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    assert len(client.conversations.items.list(conv.id).data) == 5
+    client.conversations.delete(conv.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model=model, conversation=conv.id, input="Hi")
+
+
+def test_killing_the_store_loses_no_completed_response(client: OpenAI, base_url: str):
+    """kill -9 of the store replica while responses are being made: every response that the
+    client saw complete is still there once Serve has replaced the replica."""
+    from tests.serve.test_resilience_api import replica_pids
+
+    (pid,) = replica_pids("response-store")
+    completed: list[str] = []
+    stop = threading.Event()
+
+    def work() -> None:
+        with OpenAI(base_url=f"{base_url}/v1", api_key=client.api_key, max_retries=0) as own:
+            while not stop.is_set():
+                try:
+                    with own.responses.stream(
+                        model=LOCAL, input="Hi", max_output_tokens=2
+                    ) as stream:
+                        last = list(stream)[-1]
+                except openai.APIError:
+                    continue  # the store was down: refused, never reported complete
+                if last.type in ("response.completed", "response.incomplete"):
+                    completed.append(last.response.id)
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        workers = [pool.submit(work) for _ in range(3)]
+        wait_until(lambda: len(completed) >= 6, 60, "responses before the kill")
+        os.kill(pid, signal.SIGKILL)
+        before = len(completed)
+        wait_until(lambda: replica_pids("response-store") not in ([], [pid]), 60, "new store")
+        wait_until(lambda: len(completed) >= before + 6, 60, "responses after the kill")
+        stop.set()
+        for worker in workers:
+            worker.result(timeout=60)
+    for response_id in completed:
+        assert client.responses.retrieve(response_id).id == response_id

@@ -9,7 +9,7 @@ import uuid
 import psycopg
 import pytest
 
-from serve_app.store import ChainTooLong
+from serve_app.store import TOO_LONG
 from serve_app.store.postgres import PostgresStore
 from serve_app.store.sqlite import SQLiteStore
 
@@ -116,8 +116,7 @@ def test_history_walks_the_chain_oldest_first_with_every_item(make_store):
     ]  # fmt: skip
     assert items[0]["id"] == "msg_a" and items[-1]["content"][0]["text"] == "three"
     assert [i["type"] for i in run(store.history("alice", "resp_2", 10))][-1] == "message"
-    with pytest.raises(ChainTooLong):
-        run(store.history("alice", "resp_3", 2))
+    assert run(store.history("alice", "resp_3", 2)) == TOO_LONG
     assert len(run(store.history("alice", "resp_3", 3))) == len(items)
 
 
@@ -184,3 +183,44 @@ def test_concurrent_writes_all_land(make_store):
 
     run(many())
     assert all(run(store.get_response("alice", f"resp_{i}")) for i in range(50))
+
+
+def test_conversations_keep_items_in_order_per_owner(make_store):
+    store = make_store()
+    conv = {"id": "conv_1", "created_at": int(time.time()), "metadata": {"a": "b"}}
+    run(store.create_conversation("alice", conv, [user("one", "msg_1")]))
+    assert run(store.get_conversation("alice", "conv_1"))["metadata"] == {"a": "b"}
+    assert run(store.get_conversation("bob", "conv_1")) is None
+    assert run(store.add_items("alice", "conv_1", [user("two", "msg_2"), user("three", "msg_3")]))
+    assert not run(store.add_items("bob", "conv_1", [user("evil", "msg_x")]))
+    assert not run(store.add_items("alice", "conv_nope", [user("x", "msg_y")]))
+    texts = [i["content"][0]["text"] for i in run(store.conversation_items("alice", "conv_1"))]
+    assert texts == ["one", "two", "three"]
+    assert run(store.conversation_items("bob", "conv_1")) is None
+    assert run(store.get_item("alice", "conv_1", "msg_2"))["content"][0]["text"] == "two"
+    assert run(store.get_item("bob", "conv_1", "msg_2")) is None
+    assert not run(store.delete_item("bob", "conv_1", "msg_2"))
+    assert run(store.delete_item("alice", "conv_1", "msg_2"))
+    assert run(store.get_item("alice", "conv_1", "msg_2")) is None
+    assert run(store.update_conversation("alice", "conv_1", {"c": "d"}))["metadata"] == {"c": "d"}
+    assert run(store.update_conversation("bob", "conv_1", {})) is None
+    assert not run(store.delete_conversation("bob", "conv_1"))
+    assert run(store.delete_conversation("alice", "conv_1"))
+    assert run(store.conversation_items("alice", "conv_1")) is None
+
+
+def test_concurrent_appends_to_one_conversation_all_land_in_order(make_store):
+    store = make_store()
+    conv = {"id": "conv_1", "created_at": int(time.time()), "metadata": {}}
+    run(store.create_conversation("alice", conv, []))
+
+    async def many():
+        await asyncio.gather(
+            *(store.add_items("alice", "conv_1", [user(f"{i}a"), user(f"{i}b")]) for i in range(20))
+        )
+
+    run(many())
+    texts = [i["content"][0]["text"] for i in run(store.conversation_items("alice", "conv_1"))]
+    assert len(texts) == 40
+    for i in range(20):  # each call's two items are adjacent
+        assert texts.index(f"{i}b") == texts.index(f"{i}a") + 1

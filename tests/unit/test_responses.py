@@ -299,7 +299,7 @@ def test_a_chain_longer_than_allowed_is_400(app):
     ("fields", "param"),
     [
         ({"background": True}, "background"),
-        ({"conversation": "conv_1"}, "conversation"),
+        ({"conversation": "conv_1", "previous_response_id": "resp_1"}, "conversation"),
         ({"tools": [{"type": "web_search"}]}, "tools[0]"),
         ({"tools": [TOOL], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
         ({"tool_choice": "required"}, "tool_choice"),
@@ -399,3 +399,92 @@ def test_records_name_the_route_template_and_carry_usage(app):
         ("/v1/responses/{response_id}", 404),
     ]
     assert seen.records[0].model == MODEL and seen.records[0].usage["prompt_tokens"] == 7.0
+
+
+def test_conversations_crud_and_items(app):
+    client = app.sdk()
+    conv = client.conversations.create(
+        items=[{"role": "user", "content": "first"}], metadata={"topic": "demo"}
+    )
+    assert conv.id.startswith("conv_") and conv.metadata == {"topic": "demo"}
+    validate(app.http.get(f"/v1/conversations/{conv.id}").json(), "ConversationResource")
+    added = client.conversations.items.create(
+        conv.id, items=[{"type": "message", "role": "assistant", "content": "reply"},
+                        {"role": "user", "content": "second"}],
+    )  # fmt: skip
+    assert [i.role for i in added.data] == ["assistant", "user"]
+    listed = app.http.get(f"/v1/conversations/{conv.id}/items?order=asc").json()
+    validate(listed, "ConversationItemList")
+    assert [i["content"][0]["text"] for i in listed["data"]] == ["first", "reply", "second"]
+    item = client.conversations.items.retrieve(added.data[0].id, conversation_id=conv.id)
+    assert item.content[0].text == "reply"
+    after = client.conversations.items.delete(added.data[0].id, conversation_id=conv.id)
+    assert after.id == conv.id
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.items.retrieve(added.data[0].id, conversation_id=conv.id)
+    updated = client.conversations.update(conv.id, metadata={"topic": "other"})
+    assert updated.metadata == {"topic": "other"}
+    deleted = app.http.delete(f"/v1/conversations/{conv.id}").json()
+    validate(deleted, "DeletedConversationResource")
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.retrieve(conv.id)
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.items.list(conv.id)
+
+
+def test_a_response_in_a_conversation_continues_it_and_is_added_to_it(app):
+    client = app.sdk()
+    conv = client.conversations.create(items=[{"role": "user", "content": "Hi"}])
+    app.llm.frames = text_frames("Hello!", reasoning=("greet",))
+    response = client.responses.create(
+        model=MODEL, input="How are you?", conversation=conv.id, reasoning={"effort": "low"}
+    )
+    assert response.conversation.id == conv.id
+    assert app.sent()["messages"] == [
+        {"role": "user", "content": "Hi"}, {"role": "user", "content": "How are you?"}
+    ]  # fmt: skip
+    items = client.conversations.items.list(conv.id, order="asc").data
+    assert [i.type for i in items] == ["message", "message", "reasoning", "message"]
+    app.llm.frames = text_frames("Fine.")
+    client.responses.create(model=MODEL, input="Good.", conversation={"id": conv.id})
+    assert app.sent()["messages"][-3:] == [
+        {"role": "user", "content": "How are you?"},
+        {"role": "assistant", "reasoning": "greet", "content": "Hello!"},
+        {"role": "user", "content": "Good."},
+    ]
+    assert len(client.conversations.items.list(conv.id).data) == 6
+    error = assert_envelope(app.post(input="x", conversation="conv_nope"), 404, "not_found")
+    assert error["param"] == "conversation"
+
+
+def test_conversations_belong_to_their_key(tmp_path):
+    keys = [APIKey(name="alice", secret="a-secret"), APIKey(name="bob", secret="b-secret")]
+    app = App(tmp_path, keys)
+    conv = app.sdk("a-secret").conversations.create()
+    bob = app.sdk("b-secret")
+    for call in (
+        lambda: bob.conversations.retrieve(conv.id),
+        lambda: bob.conversations.update(conv.id, metadata={}),
+        lambda: bob.conversations.delete(conv.id),
+        lambda: bob.conversations.items.list(conv.id),
+        lambda: bob.conversations.items.create(conv.id, items=[{"role": "user", "content": "x"}]),
+        lambda: bob.responses.create(model=MODEL, input="x", conversation=conv.id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert app.sdk("a-secret").conversations.items.list(conv.id).data == []
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"items": [{"role": "user", "content": "x"}] * 21}, "items"),
+        ({"items": [{"type": "message", "role": "user",
+                     "content": [{"type": "input_file", "file_id": "f"}]}]}, "items[0].content[0]"),
+        ({"metadata": {"k": 1}}, "metadata.k"),
+        ({"colour": "red"}, "colour"),
+    ],
+)  # fmt: skip
+def test_bad_conversation_bodies_are_400(app, body, param):
+    error = assert_envelope(app.http.post("/v1/conversations", json=body), 400)
+    assert error["param"] == param

@@ -46,7 +46,7 @@ def base_response(
         "object": "response",
         "created_at": created_at,
         "status": "in_progress",
-        "background": False,
+        "background": bool(request.background),
         "completed_at": None,
         "error": None,
         "incomplete_details": None,
@@ -95,7 +95,11 @@ class ResponseBuilder:
         return self._event(kind, response=_copy(self.response))
 
     def start(self) -> list[Event]:
-        return [self._snapshot("response.created"), self._snapshot("response.in_progress")]
+        """``response.created`` (``queued`` for a background response), then
+        ``response.in_progress``."""
+        created = self._snapshot("response.created")
+        self.response["status"] = "in_progress"
+        return [created, self._snapshot("response.in_progress")]
 
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
         """The events of one chat completion chunk."""

@@ -53,6 +53,7 @@ def create_app(
     app.state.keys = keys
     app.state.rate_limits = rate_limits
     app.state.store = store
+    app.state.background = set()  # tasks of background responses this replica runs
     # Told about every /v1 request (pipeline.Recorder).
     app.state.observers = [rate_limits, metrics or Metrics()]
     install_error_handlers(app)

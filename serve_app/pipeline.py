@@ -48,6 +48,9 @@ class Finished:
     usage: Usage = field(default_factory=dict)  # count name -> amount (contracts.USAGE_COUNTS)
     status: int = 0
     error_code: str | None = None
+    # The work goes on after the HTTP answer (a background response): whoever runs it
+    # reports the record (``report``) when it ends, with its usage.
+    deferred: bool = False
 
     def add_usage(self, usage: Usage) -> None:
         for name, amount in usage.items():
@@ -125,11 +128,17 @@ class Recorder:
             record.key = record.key or state.get("api_key")
             if error_body and record.error_code is None:
                 record.error_code = _error_code(bytes(error_body))
-            for observer in self.observers:
-                try:
-                    observer.finished(record)
-                except Exception:
-                    logger.exception("observer failed [request_id=%s]", record.request_id)
+            if not (record.deferred and record.status < 400):
+                report(self.observers, record)
+
+
+def report(observers: list[Observer], record: Finished) -> None:
+    """Tell every observer that ``record``'s request has ended."""
+    for observer in observers:
+        try:
+            observer.finished(record)
+        except Exception:
+            logger.exception("observer failed [request_id=%s]", record.request_id)
 
 
 def _error_code(body: bytes) -> str | None:

@@ -17,6 +17,12 @@ def event(data: str) -> bytes:
     return b"data: " + data.encode() + b"\n\n"
 
 
+def named_event(event: dict) -> bytes:
+    """An event with its ``type`` as the SSE event name (the Responses API's framing)."""
+    data = json.dumps(event, separators=(",", ":"))
+    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+
+
 def error_event(frame: ErrorFrame) -> bytes:
     return event(json.dumps(frame.envelope(), separators=(",", ":")))
 

@@ -214,7 +214,6 @@ INCLUDE = Literal[
 ]
 # Fields refused unless null: what they ask for, for the 400.
 NOT_SUPPORTED = {
-    "background": "Background mode is not supported yet",
     "prompt": "Reusable prompts",
     "moderation": "Moderation",
     "context_management": "Context management",
@@ -265,8 +264,8 @@ class ResponseRequest(SamplingFields):
     conversation: Annotated[str, Field(min_length=1, max_length=128)] | ConversationRef | None = (
         None
     )
-    # Refused unless null (NOT_SUPPORTED).
     background: bool | None = None
+    # Refused unless null (NOT_SUPPORTED).
     prompt: dict[str, Any] | None = None
     moderation: dict[str, Any] | None = None
     context_management: list[dict[str, Any]] | dict[str, Any] | None = None
@@ -279,6 +278,11 @@ class ResponseRequest(SamplingFields):
 
     def check(self, max_items: int) -> None:
         """Rules that span fields, and what we refuse; 400 naming the field."""
+        if self.background and self.store is False:
+            raise APIError(
+                400, "A background response must be stored ('store' must not be false).",
+                param="store",
+            )  # fmt: skip
         if self.conversation is not None and self.previous_response_id is not None:
             raise APIError(
                 400,

@@ -10,6 +10,8 @@ stored response belongs to the API key that made it: any other key gets 404.
 """
 
 import asyncio
+import contextlib
+import copy
 import json
 import logging
 import time
@@ -27,11 +29,13 @@ from serve_app.bridge import ResponseBuilder, base_response
 from serve_app.dispatch import cancel_call, open_call, rest_frames
 from serve_app.errors import APIError, error_response
 from serve_app.log import LOGGER
-from serve_app.pipeline import registry
+from serve_app.pipeline import registry, report
 from serve_app.protocol.openai import ChatCompletionRequest
+from serve_app.protocol.responses import INCLUDE as Include
 from serve_app.protocol.responses import ResponseRequest, new_id, response_param
 from serve_app.routes.generation import generate_call, prepare
 from serve_app.routes.stored import Order, not_found, owner_of, page, store_call
+from serve_app.sse import named_event
 from serve_app.store import TOO_LONG
 
 logger = logging.getLogger(LOGGER)
@@ -72,13 +76,27 @@ async def create_response(body: ResponseRequest, request: Request, key: Key) -> 
     rid = record.request_id
     builder = ResponseBuilder(base_response(new_id("resp"), body, model.id, int(time.time())))
     limits = registry(request).config.limits
+    call = generate_call(model, "chat", payload, rid)
+    timeout_s = limits.stream_ttft_timeout_s if body.stream else limits.request_timeout_s
+
+    async def save(events: list[dict] | None = None, lease_until: int | None = None) -> None:
+        """Store the response (with its ``events``, for a background one), and once it has
+        ended add its input and output to its conversation."""
+        if body.store is not False:
+            response = builder.response
+            await store_call(request, "put_response", owner, response, items, events, lease_until)
+        conversation = body.conversation_id
+        if conversation and builder.response["status"] in ("completed", "incomplete"):
+            new = items + builder.response["output"]
+            if not await store_call(request, "add_items", owner, conversation, new):
+                raise not_found("Conversation", conversation, "conversation")
+
+    if body.background:
+        run = Background(request, builder, save, record, owner)
+        return await run.start(call, timeout_s, model.handle, bool(body.stream))
     try:
         stream, first = await open_call(
-            generate_call(model, "chat", payload, rid),
-            rid,
-            timeout_s=limits.stream_ttft_timeout_s if body.stream else limits.request_timeout_s,
-            retry_after_s=limits.retry_after_s,
-            needs=(model.handle,),
+            call, rid, timeout_s, limits.retry_after_s, needs=(model.handle,)
         )
     except APIError as exc:
         exc.frame.param = response_param(exc.frame.param)
@@ -88,32 +106,14 @@ async def create_response(body: ResponseRequest, request: Request, key: Key) -> 
         first.param = response_param(first.param)
         return error_response(first)
     frames = _frames(first, rest_frames(stream, record.add_usage, record.failed))
-    stored = body.store is not False
-
-    async def save() -> None:
-        """Store the response, and add its input and output to its conversation."""
-        if stored:
-            await store_call(request, "put_response", owner, builder.response, items)
-        conversation = body.conversation_id
-        if conversation and builder.response["status"] in ("completed", "incomplete"):
-            new = items + builder.response["output"]
-            if not await store_call(request, "add_items", owner, conversation, new):
-                raise not_found("Conversation", conversation, "conversation")
-
     if body.stream:
         return StreamingResponse(
             _events(builder, frames, save, rid),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    async for frame in frames:
-        if isinstance(frame, ChunkFrame):
-            builder.feed(json.loads(frame.data))
-        elif isinstance(frame, ErrorFrame):
-            builder.fail(frame)
-            break
-    if not builder.ended:
-        builder.finish()
+    async for _ in _response_events(builder, frames, rid):
+        pass
     await save()
     return JSONResponse(builder.response)
 
@@ -149,9 +149,24 @@ async def _frames(first: Frame, rest: AsyncIterator[Frame]) -> AsyncIterator[Fra
         yield frame
 
 
-def _sse(event: dict[str, Any]) -> bytes:
-    data = json.dumps(event, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+async def _response_events(
+    builder: ResponseBuilder, frames: AsyncIterator[Frame], rid: str
+) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+    """The events of each chat frame, as ``(events, False)``, then the events that end the
+    response (completed, incomplete or failed) as ``(events, True)``."""
+    try:
+        async for frame in frames:
+            if isinstance(frame, ChunkFrame):
+                yield builder.feed(json.loads(frame.data)), False
+            elif isinstance(frame, ErrorFrame):
+                yield builder.fail(frame), True
+                return
+    except Exception:
+        logger.exception("stream failed mid-way [request_id=%s]", rid)
+        message = f"The model backend failed mid-stream (request id: {rid})."
+        yield builder.fail(ErrorFrame(500, message)), True
+        return
+    yield builder.finish(), True
 
 
 async def _events(
@@ -160,27 +175,19 @@ async def _events(
     """The SSE stream of one response; it is stored before its last event goes out."""
     try:
         for event in builder.start():
-            yield _sse(event)
-        end: list[dict[str, Any]] | None = None
-        try:
-            async for frame in frames:
-                if isinstance(frame, ChunkFrame):
-                    for event in builder.feed(json.loads(frame.data)):
-                        yield _sse(event)
-                elif isinstance(frame, ErrorFrame):
-                    end = builder.fail(frame)
-                    break
-        except Exception:
-            logger.exception("stream failed mid-way [request_id=%s]", rid)
-            message = f"The model backend failed mid-stream (request id: {rid})."
-            end = builder.fail(ErrorFrame(500, message))
-        if end is None:
-            end = builder.finish()
+            yield named_event(event)
+        end: list[dict[str, Any]] = []
+        async for events, last in _response_events(builder, frames, rid):
+            if last:
+                end = events
+                break
+            for event in events:
+                yield named_event(event)
         try:
             await save()
         except APIError as exc:
             error = exc.frame
-            yield _sse(
+            yield named_event(
                 {
                     "type": "error",
                     "sequence_number": builder.sequence,
@@ -191,7 +198,7 @@ async def _events(
             )
             return
         for event in end:
-            yield _sse(event)
+            yield named_event(event)
     finally:
         if not builder.ended:  # the client went away: keep what was made, as cancelled
             builder.cancel()
@@ -204,15 +211,29 @@ async def get_response(
     response_id: str,
     request: Request,
     key: Key,
-    include: Annotated[list[str] | None, Query()] = None,
-    stream: bool | None = None,
-) -> JSONResponse:
-    if stream:
-        raise APIError(400, "Only background responses can be streamed again.", param="stream")
-    found = await store_call(request, "get_response", owner_of(key), response_id)
+    include: Annotated[list[Include] | None, Query()] = None,
+    stream: bool = False,
+    starting_after: Annotated[int | None, Query(ge=-1)] = None,
+    include_obfuscation: bool | None = None,
+) -> Response:
+    """The stored response; with ``stream=true`` (background responses), its events after
+    ``starting_after`` (all by default) and then the live ones until it ends."""
+    owner = owner_of(key)
+    found = await store_call(request, "get_response", owner, response_id)
     if found is None:
         raise not_found("Response", response_id, "response_id")
-    return JSONResponse(found)
+    if not stream:
+        if starting_after is not None:
+            raise APIError(400, "'starting_after' needs stream=true.", param="starting_after")
+        return JSONResponse(found)
+    if not found["background"]:
+        raise APIError(400, "Only background responses can be streamed again.", param="stream")
+    after = -1 if starting_after is None else starting_after
+    return StreamingResponse(
+        _replay(request, owner, response_id, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.delete("/v1/responses/{response_id}")
@@ -224,10 +245,22 @@ async def delete_response(response_id: str, request: Request, key: Key) -> JSONR
 
 @router.post("/v1/responses/{response_id}/cancel")
 async def cancel_response(response_id: str, request: Request, key: Key) -> JSONResponse:
-    found = await store_call(request, "get_response", owner_of(key), response_id)
+    """Stop a background response: its runner aborts the engine work at its next lease
+    renewal (within about a second) and stores it ``cancelled``; answers with the response
+    as it then stands. A response that has already ended is returned as it is."""
+    owner = owner_of(key)
+    found = await store_call(request, "get_response", owner, response_id)
     if found is None:
         raise not_found("Response", response_id, "response_id")
-    raise APIError(400, "Only background responses can be cancelled.", param="response_id")
+    if not found["background"]:
+        raise APIError(400, "Only background responses can be cancelled.", param="response_id")
+    if found["status"] in ("queued", "in_progress"):
+        await store_call(request, "request_cancel", owner, response_id)
+        deadline = time.monotonic() + 5 * RENEW_S + 2
+        while found["status"] in ("queued", "in_progress") and time.monotonic() < deadline:
+            await asyncio.sleep(POLL_S)
+            found = await store_call(request, "get_response", owner, response_id)
+    return JSONResponse(found)
 
 
 @router.get("/v1/responses/{response_id}/input_items")
@@ -246,3 +279,161 @@ async def input_items(
     if items is None:
         raise not_found("Response", response_id, "response_id")
     return JSONResponse(page(items, after, limit, order))
+
+
+# Background responses. The ingress replica that took the request runs it as a task of its
+# own, holding a lease on it in the store (renewed every RENEW_S, valid LEASE_S): if that
+# replica dies, the lease runs out and the next read ends the response ``failed``. The task
+# also learns of a cancel at each renewal. Events are stored as they come, a batch at most
+# every FLUSH_S, so any replica can replay and follow them (``GET ?stream=true``).
+LEASE_S = 15
+RENEW_S = 1.0
+FLUSH_S = 0.25
+POLL_S = 0.25  # how often a follower of a background stream reads new events
+
+
+class Background:
+    """One background response, from its ``queued`` answer to its end."""
+
+    def __init__(self, request: Request, builder: ResponseBuilder, save: Any, record, owner: str):
+        self.request, self.builder, self.save = request, builder, save
+        self.record, self.owner = record, owner
+        self.id = builder.response["id"]
+        self.pending: list[dict[str, Any]] = []  # events not yet stored
+        self.live: asyncio.Queue | None = None  # events for the client of a streamed request
+        self.cancelled = asyncio.Event()
+
+    async def start(self, call: Any, timeout_s: float, handle: Any, stream: bool) -> Response:
+        """Store it as ``queued`` and start its task; answer at once (or stream it)."""
+        self.builder.response["status"] = "queued"
+        queued = copy.deepcopy(self.builder.response)
+        await self.save(None, _lease())
+        self.record.deferred = True  # reported when the task ends, with its usage
+        if stream:
+            self.live = asyncio.Queue()
+        task = asyncio.create_task(self._run(call, timeout_s, handle))
+        running = self.request.app.state.background
+        running.add(task)
+        task.add_done_callback(running.discard)
+        if self.live is None:
+            return JSONResponse(queued)
+        return StreamingResponse(
+            self._follow(), media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )  # fmt: skip
+
+    async def _follow(self) -> AsyncIterator[bytes]:
+        while (event := await self.live.get()) is not None:
+            yield named_event(event)
+
+    def _emit(self, events: list[dict[str, Any]]) -> None:
+        self.pending += events
+        if self.live is not None:
+            for event in events:
+                self.live.put_nowait(event)
+
+    async def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        if batch:  # shielded: a cancel must not lose a batch already taken
+            call = store_call(self.request, "add_events", self.owner, self.id, batch)
+            await asyncio.shield(call)
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_S)
+            try:
+                if await store_call(self.request, "renew", self.owner, self.id, _lease()):
+                    self.cancelled.set()
+                    return
+            except APIError:
+                pass  # the store is away: the lease is still good for a while
+
+    async def _run(self, call: Any, timeout_s: float, handle: Any) -> None:
+        builder, record = self.builder, self.record
+        lease = asyncio.create_task(self._keep_lease())
+        end: list[dict[str, Any]] = []
+        try:
+            limits = registry(self.request).config.limits
+            try:
+                stream, first = await open_call(
+                    call, record.request_id, timeout_s, limits.retry_after_s, needs=(handle,)
+                )
+            except APIError as exc:
+                stream, first = None, exc.frame
+            self._emit(builder.start())
+            await self.save(self.pending, _lease())  # in_progress, from any replica
+            self.pending = []
+            if isinstance(first, ErrorFrame):
+                cancel_call(stream)
+                end = builder.fail(first)
+            else:
+                frames = _frames(first, rest_frames(stream, record.add_usage, record.failed))
+                work = asyncio.create_task(self._consume(frames))
+                stop = asyncio.create_task(self.cancelled.wait())
+                await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if work.done():
+                    end = work.result()
+                else:  # cancelled: stop the engine work, keep what was made
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+                    builder.cancel()
+        except Exception:
+            logger.exception("background response failed [request_id=%s]", record.request_id)
+            if not builder.ended:
+                message = f"The server had an error (request id: {record.request_id})."
+                end = builder.fail(ErrorFrame(500, message))
+        finally:
+            lease.cancel()
+            try:  # the end is stored with its events before a follower can see it
+                await self.save(self.pending + end, None)
+            except Exception:
+                logger.exception("background response not stored [request_id=%s]", self.id)
+            if self.live is not None:
+                for event in end:
+                    self.live.put_nowait(event)
+                self.live.put_nowait(None)
+            record.ended = time.monotonic()
+            report(self.request.app.state.observers, record)
+
+    async def _consume(self, frames: AsyncIterator[Frame]) -> list[dict[str, Any]]:
+        """Feed the chat frames to the builder, storing events as they come; the events
+        that end the response."""
+        loop = asyncio.get_running_loop()
+        flushed = loop.time()
+        async for events, last in _response_events(self.builder, frames, self.record.request_id):
+            if last:
+                return events
+            self._emit(events)
+            if loop.time() - flushed > FLUSH_S:
+                await self._flush()
+                flushed = loop.time()
+        return []  # not reached: the last item is always the end
+
+
+def _lease() -> int:
+    return int(time.time() + LEASE_S)
+
+
+async def _replay(
+    request: Request, owner: str, response_id: str, after: int
+) -> AsyncIterator[bytes]:
+    """A background response's stored events after ``after``, then its live ones as they
+    are stored, until it ends. A runner that died (its lease ran out) ends as
+    ``response.failed``."""
+    last_type = None
+    while True:
+        got = await store_call(request, "events_after", owner, response_id, after)
+        if got is None:
+            return
+        for event in got["events"]:
+            yield named_event(event)
+            after, last_type = event["sequence_number"], event["type"]
+        response = got["response"]
+        if response["status"] not in ("queued", "in_progress"):
+            if response["status"] == "failed" and last_type != "response.failed":
+                failed = {"type": "response.failed", "sequence_number": after + 1}
+                yield named_event({**failed, "response": response})
+            return
+        await asyncio.sleep(POLL_S)

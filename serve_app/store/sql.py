@@ -50,13 +50,33 @@ MIGRATIONS = [
         """CREATE INDEX IF NOT EXISTS conversation_items_id
             ON conversation_items (conversation_id, item_id)""",
     ],
+    [  # background responses: a lease held by the ingress replica running one, a cancel
+        # request, and the events it streamed (for replay)
+        "ALTER TABLE responses ADD COLUMN lease_until BIGINT",
+        "ALTER TABLE responses ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+        """CREATE TABLE IF NOT EXISTS response_events (
+            response_id TEXT NOT NULL REFERENCES responses (id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            PRIMARY KEY (response_id, seq)
+        )""",
+    ],
 ]
+RUNNING = ("queued", "in_progress")  # a background response's statuses before its end
+LEASE_LOST = {
+    "code": "server_error",
+    "message": "The server running this background response stopped before it finished.",
+}
 
-UPSERT_RESPONSE = """INSERT INTO responses (id, owner, previous_id, created_at, expires_at, body)
-    VALUES (%s, %s, %s, %s, %s, %s)
-    ON CONFLICT (id) DO UPDATE SET body = excluded.body
+UPSERT_RESPONSE = """INSERT INTO responses
+    (id, owner, previous_id, created_at, expires_at, body, lease_until)
+    VALUES (%s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (id) DO UPDATE SET body = excluded.body, lease_until = excluded.lease_until
     WHERE responses.owner = excluded.owner"""
-GET_RESPONSE = "SELECT body FROM responses WHERE id = %s AND owner = %s AND expires_at > %s"
+GET_RESPONSE = """SELECT body, lease_until, cancel_requested FROM responses
+    WHERE id = %s AND owner = %s AND expires_at > %s"""
+ADD_EVENT = """INSERT INTO response_events (response_id, seq, body)
+    SELECT id, %s, %s FROM responses WHERE id = %s AND owner = %s"""
 DELETE_RESPONSE = "DELETE FROM responses WHERE id = %s AND owner = %s AND expires_at > %s"
 CHAIN = """WITH RECURSIVE chain (id, previous_id, depth) AS (
         SELECT id, previous_id, 0 FROM responses
@@ -97,7 +117,11 @@ class SQLStore(ABC):
     OPERATIONS = frozenset(
         {
             "put_response",
+            "add_events",
             "get_response",
+            "renew",
+            "request_cancel",
+            "events_after",
             "delete_response",
             "history",
             "input_items",
@@ -130,9 +154,17 @@ class SQLStore(ABC):
     async def _transaction(self, statements: list[tuple[str, tuple]]) -> list[int]:
         """Run statements in one transaction; the rows each changed."""
 
-    async def put_response(self, owner: str, response: dict[str, Any], items: list[dict]) -> None:
+    async def put_response(
+        self,
+        owner: str,
+        response: dict[str, Any],
+        items: list[dict],
+        events: list[dict] | None = None,
+        lease_until: int | None = None,
+    ) -> None:
         """Store (or update, same owner only) a response and its input items, committed
-        when this returns."""
+        when this returns; with the ``events`` it streamed since the last call (background
+        responses), and the lease of the replica running it (None once it has ended)."""
         created = int(response["created_at"])
         row = (
             response["id"],
@@ -141,6 +173,7 @@ class SQLStore(ABC):
             created,
             int(created + self.retention_s),
             json.dumps(response),
+            lease_until,
         )
         statements = [(UPSERT_RESPONSE, row)]
         statements.append(("DELETE FROM input_items WHERE response_id = %s", (response["id"],)))
@@ -151,11 +184,53 @@ class SQLStore(ABC):
             )
             for seq, item in enumerate(items)
         ]
+        statements += _events(owner, response["id"], events or [])
         await self._transaction(statements)
 
+    async def add_events(self, owner: str, response_id: str, events: list[dict]) -> None:
+        await self._transaction(_events(owner, response_id, events))
+
     async def get_response(self, owner: str, response_id: str) -> dict[str, Any] | None:
+        """The response; a background one whose runner's lease ran out is ended as
+        ``failed`` here (and for good)."""
         rows = await self._query(GET_RESPONSE, (response_id, owner, _now()))
-        return json.loads(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        body, lease_until, _ = rows[0]
+        response = json.loads(body)
+        if response["status"] in RUNNING and lease_until is not None and lease_until < _now():
+            response["status"], response["error"] = "failed", dict(LEASE_LOST)
+            update = """UPDATE responses SET body = %s, lease_until = NULL
+                WHERE id = %s AND owner = %s AND lease_until = %s"""
+            await self._transaction([(update, (json.dumps(response), response_id, owner,
+                                              lease_until))])  # fmt: skip
+            return await self.get_response(owner, response_id)
+        return response
+
+    async def renew(self, owner: str, response_id: str, lease_until: int) -> bool:
+        """Extend a running background response's lease; whether a cancel was asked."""
+        update = "UPDATE responses SET lease_until = %s WHERE id = %s AND owner = %s"
+        await self._transaction([(update, (lease_until, response_id, owner))])
+        rows = await self._query(GET_RESPONSE, (response_id, owner, _now()))
+        return bool(rows and rows[0][2])
+
+    async def request_cancel(self, owner: str, response_id: str) -> bool:
+        """Ask the runner of a background response to stop; False if not there."""
+        update = "UPDATE responses SET cancel_requested = 1 WHERE id = %s AND owner = %s"
+        (changed,) = await self._transaction([(update, (response_id, owner))])
+        return changed > 0
+
+    async def events_after(self, owner: str, response_id: str, after: int) -> dict[str, Any] | None:
+        """A background response's stored events after sequence number ``after``, and the
+        response as it stands (``get_response``); None if it is not there."""
+        response = await self.get_response(owner, response_id)
+        if response is None:
+            return None
+        rows = await self._query(
+            "SELECT body FROM response_events WHERE response_id = %s AND seq > %s ORDER BY seq",
+            (response_id, after),
+        )
+        return {"response": response, "events": [json.loads(body) for (body,) in rows]}
 
     async def delete_response(self, owner: str, response_id: str) -> bool:
         (deleted,) = await self._transaction([(DELETE_RESPONSE, (response_id, owner, _now()))])
@@ -254,6 +329,13 @@ class SQLStore(ABC):
         """Delete what is past its retention; how many responses went."""
         (deleted,) = await self._transaction([(EXPIRED, (_now(),))])
         return deleted
+
+
+def _events(owner: str, response_id: str, events: list[dict]) -> list[tuple[str, tuple]]:
+    return [
+        (ADD_EVENT, (event["sequence_number"], json.dumps(event), response_id, owner))
+        for event in events
+    ]
 
 
 def _appends(owner: str, conversation_id: str, items: list[dict]) -> list[tuple[str, tuple]]:

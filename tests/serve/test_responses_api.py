@@ -15,12 +15,13 @@ import pytest
 from openai import OpenAI
 
 from tests.openai_schema import validate
-from tests.serve.conftest import OTHER_KEY
+from tests.serve.conftest import OTHER_KEY, model_handle
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
 
 LOCAL, GATEWAY = "smollm2-135m-instruct", "gpt-4o-mini"
+RUNNING = ("queued", "in_progress")
 WEATHER = {
     "type": "function",
     "name": "get_weather",
@@ -236,3 +237,57 @@ def test_killing_the_store_loses_no_completed_response(client: OpenAI, base_url:
             worker.result(timeout=60)
     for response_id in completed:
         assert client.responses.retrieve(response_id).id == response_id
+
+
+def test_background_poll_replay_and_cancel_from_any_replica(client: OpenAI, base_url: str):
+    def fresh() -> OpenAI:  # a new connection: either ingress replica may answer
+        return OpenAI(base_url=f"{base_url}/v1", api_key=client.api_key, max_retries=0)
+
+    queued = client.responses.create(
+        model=LOCAL, input="Name a colour.", background=True, max_output_tokens=8,
+        temperature=0,
+    )  # fmt: skip
+    assert queued.status == "queued"
+    done = wait_until(
+        lambda: (r := fresh().responses.retrieve(queued.id)).status not in RUNNING and r,
+        60, "the background response to end",
+    )  # fmt: skip
+    assert done.status in ("completed", "incomplete") and done.output_text
+    events = list(fresh().responses.retrieve(queued.id, stream=True, starting_after=1))
+    assert events[0].sequence_number == 2 and events[-1].response.status == done.status
+    # a long one (SmolLM2 reasons until the limit), cancelled from another connection
+    long = client.responses.create(
+        model=LOCAL, input="Why is the sky blue?", background=True, max_output_tokens=1500,
+        reasoning={"effort": "low"},
+    )  # fmt: skip
+    wait_until(lambda: fresh().responses.retrieve(long.id).status == "in_progress", 60, "start")
+    cancelled = fresh().responses.cancel(long.id)
+    assert cancelled.status == "cancelled"
+    assert cancelled.output[0].content[0].text  # what it had made when cancelled
+    # the engine stopped: nothing is left running on the LLM replica
+    llm = model_handle(f"llm-{LOCAL}")
+    wait_until(lambda: llm.num_unfinished_requests.remote().result() == 0, 10, "engine abort")
+
+
+def test_a_background_response_ends_failed_when_its_replica_dies(client: OpenAI, http):
+    """Kill every ingress replica while one runs a background response: once Serve has
+    replaced them, the response's lease runs out and it ends failed, not in_progress."""
+    from tests.serve.test_resilience_api import replica_pids
+
+    long = client.responses.create(
+        model=LOCAL, input="Why is the sky blue?", background=True, max_output_tokens=1500,
+        reasoning={"effort": "low"},
+    )  # fmt: skip
+    wait_until(lambda: client.responses.retrieve(long.id).status == "in_progress", 60, "start")
+    for pid in replica_pids("ingress"):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: http.get("/health").status_code == 200, 90, "ingress replicas back")
+    failed = wait_until(
+        lambda: (r := client.responses.retrieve(long.id)).status == "failed" and r,
+        60, "the lease to run out",
+    )  # fmt: skip
+    assert failed.error.code == "server_error"
+    events = list(client.responses.retrieve(long.id, stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.failed"
+    llm = model_handle(f"llm-{LOCAL}")
+    wait_until(lambda: llm.num_unfinished_requests.remote().result() == 0, 90, "engine idle")

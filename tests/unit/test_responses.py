@@ -3,6 +3,7 @@ the official SDK (its strict stream accumulator parses every stream)."""
 
 import asyncio
 import json
+import time
 
 import openai
 import pytest
@@ -88,7 +89,7 @@ class App:
     """The ingress on a fake LLM handle and a real SQLite store; ``sdk(key)`` an OpenAI
     client on it."""
 
-    def __init__(self, tmp_path, keys=()):
+    def __init__(self, tmp_path, keys=(), llm=None):
         config = AppConfig.model_validate(
             {
                 "models": [
@@ -103,7 +104,7 @@ class App:
                 "store": {"max_input_items": 50, "max_chain": 5},
             }
         )  # fmt: skip
-        self.llm = FakeHandle(text_frames("Hello", " there"))
+        self.llm = llm or FakeHandle(text_frames("Hello", " there"))
         handles = {MODEL: self.llm, "plain": self.llm, "stt": FakeHandle([])}
         registry = ModelRegistry(config, handles, 1)
         self.store = SQLiteStore(str(tmp_path / "r.sqlite3"), 86400)
@@ -127,7 +128,9 @@ class App:
 
 @pytest.fixture
 def app(tmp_path):
-    return App(tmp_path)
+    made = App(tmp_path)
+    with made.http:  # one event loop for the whole test: background tasks outlive requests
+        yield made
 
 
 def test_create_retrieve_input_items_delete(app):
@@ -298,7 +301,7 @@ def test_a_chain_longer_than_allowed_is_400(app):
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"background": True}, "background"),
+        ({"background": True, "store": False}, "store"),
         ({"conversation": "conv_1", "previous_response_id": "resp_1"}, "conversation"),
         ({"tools": [{"type": "web_search"}]}, "tools[0]"),
         ({"tools": [TOOL], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
@@ -488,3 +491,127 @@ def test_conversations_belong_to_their_key(tmp_path):
 def test_bad_conversation_bodies_are_400(app, body, param):
     error = assert_envelope(app.http.post("/v1/conversations", json=body), 400)
     assert error["param"] == param
+
+
+class SlowStream:
+    """A chat stream that yields a word every 20 ms until cancelled."""
+
+    def __init__(self):
+        self.cancelled = False
+        self.sent = 0
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        await asyncio.sleep(0.02)
+        if self.cancelled:
+            raise StopAsyncIteration
+        self.sent += 1
+        return chunk({"content": "word "})
+
+    def cancel(self):
+        self.cancelled = True
+
+
+def wait_for(predicate, what, deadline_s=10.0):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if result := predicate():
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_background_response_answers_queued_then_completes_and_replays(app):
+    client = app.sdk()
+    queued = client.responses.create(model=MODEL, input="x", background=True)
+    assert queued.status == "queued" and queued.background
+    done = wait_for(lambda: (r := client.responses.retrieve(queued.id)).status == "completed"
+                    and r, "completion")  # fmt: skip
+    assert done.output_text == "Hello there" and done.usage.output_tokens == 5
+    events = list(client.responses.retrieve(queued.id, stream=True))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].type == "response.created" and events[0].response.status == "queued"
+    assert events[-1].type == "response.completed"
+    tail = list(client.responses.retrieve(queued.id, stream=True, starting_after=3))
+    assert [e.sequence_number for e in tail] == list(range(4, len(events)))
+    raw = app.http.get(f"/v1/responses/{queued.id}?stream=true")
+    for block in raw.text.strip().split("\n\n"):
+        event = json.loads(block.split("\n")[1].removeprefix("data: "))
+        validate(event, EVENT_SCHEMAS[event["type"]])
+
+
+def test_a_streamed_background_response_can_be_followed_from_any_point(app):
+    client = app.sdk()
+    events = list(client.responses.create(model=MODEL, input="x", background=True, stream=True))
+    assert events[-1].type == "response.completed"
+    again = list(client.responses.retrieve(events[0].response.id, stream=True, starting_after=2))
+    assert [e.model_dump() for e in again] == [e.model_dump() for e in events[3:]]
+
+
+class SlowHandle:
+    """A model handle whose every call is the same ``SlowStream``."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.generate = self
+        self.calls = []
+
+    def options(self, **_):
+        return self
+
+    def remote(self, *args):
+        self.calls.append(("generate", args))
+        return self.stream
+
+
+def test_cancel_stops_the_engine_work_and_ends_cancelled(tmp_path):
+    slow = SlowStream()
+    app = App(tmp_path, llm=SlowHandle(slow))
+    with app.http:
+        client = app.sdk()
+        queued = client.responses.create(model=MODEL, input="x", background=True)
+        wait_for(lambda: slow.sent >= 5, "output under way")
+        cancelled = client.responses.cancel(queued.id)
+        assert cancelled.status == "cancelled" and slow.cancelled
+        assert cancelled.output[0].content[0].text.startswith("word word")
+        sent = slow.sent
+        time.sleep(0.2)
+        assert slow.sent == sent  # the engine work stopped
+        assert client.responses.retrieve(queued.id).status == "cancelled"
+        assert client.responses.cancel(queued.id).status == "cancelled"  # as it is
+
+
+def test_background_needs_store_and_only_background_streams_again(app):
+    error = assert_envelope(app.post(input="x", background=True, store=False), 400)
+    assert error["param"] == "store"
+    rid = app.post(input="x").json()["id"]
+    assert assert_envelope(app.http.get(f"/v1/responses/{rid}?stream=true"), 400)["param"] == (
+        "stream"
+    )
+    assert_envelope(app.http.post(f"/v1/responses/{rid}/cancel"), 400)
+    assert_envelope(app.http.get(f"/v1/responses/{rid}?starting_after=2"), 400)
+
+
+def test_a_background_response_whose_runner_died_ends_failed(app):
+    """Its lease runs out: the next read ends it failed, and a follower gets
+    response.failed."""
+    response = {
+        "id": "resp_dead",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "in_progress",
+        "background": True,
+        "output": [],
+        "error": None,
+    }
+    created = {"type": "response.created", "sequence_number": 0, "response": response}
+    asyncio.run(app.store.put_response("", response, [], [created], int(time.time()) - 1))
+    events = [
+        json.loads(b.split("\n")[1][6:])
+        for b in app.http.get("/v1/responses/resp_dead?stream=true").text.strip().split("\n\n")
+    ]
+    assert [e["type"] for e in events] == ["response.created", "response.failed"]
+    assert events[-1]["response"]["error"]["code"] == "server_error"
+    assert app.http.get("/v1/responses/resp_dead").json()["status"] == "failed"

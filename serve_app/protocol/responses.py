@@ -313,10 +313,6 @@ class ResponseRequest(SamplingFields):
                 "(vLLM, whole context), not both.",
                 param="repeat_penalty",
             )
-        if self.truncation == "auto":
-            raise APIError(
-                400, "truncation 'auto' is not supported yet; use 'disabled'.", param="truncation"
-            )
         reasoning = self.reasoning or ReasoningOptions()
         if reasoning.summary or reasoning.generate_summary:
             raise APIError(
@@ -495,6 +491,7 @@ _ID_PREFIX = {
 # Chat's names of fields that a Responses request names otherwise (for 400s from chat).
 CHAT_PARAMS = {
     "messages": "input",
+    "input_tokens": "input",  # vLLM's name for a prompt longer than the model's context
     "max_completion_tokens": "max_output_tokens",
     "response_format": "text.format",
     "reasoning_effort": "reasoning.effort",

@@ -32,7 +32,7 @@ from serve_app.log import LOGGER
 from serve_app.pipeline import registry, report
 from serve_app.protocol.openai import ChatCompletionRequest
 from serve_app.protocol.responses import INCLUDE as Include
-from serve_app.protocol.responses import ResponseRequest, new_id, response_param
+from serve_app.protocol.responses import ResponseRequest, new_id, response_param, to_messages
 from serve_app.routes.generation import generate_call, prepare
 from serve_app.routes.stored import Order, not_found, owner_of, page, store_call
 from serve_app.sse import named_event
@@ -66,18 +66,45 @@ async def create_response(body: ResponseRequest, request: Request, key: Key) -> 
         )
     chat = _chat_request(body, history + items)
     try:
-        model, record, payload = await prepare("chat", chat, request, key)
+        model, record, _ = await prepare("chat", chat, request, key)  # audio transcribed
     except APIError as exc:
         exc.frame.param = response_param(exc.frame.param)
         raise
-    payload["stream"] = True
-    payload["stream_options"] = {"include_usage": True}
     record.stream = bool(body.stream)
     rid = record.request_id
     builder = ResponseBuilder(base_response(new_id("resp"), body, model.id, int(time.time())))
     limits = registry(request).config.limits
-    call = generate_call(model, "chat", payload, rid)
     timeout_s = limits.stream_ttft_timeout_s if body.stream else limits.request_timeout_s
+    # what truncation 'auto' may drop: the history's messages (not the instructions, not
+    # this request's input), oldest first
+    first_kept = 1 if body.instructions else 0
+    droppable = len(to_messages(history)) if body.truncation == "auto" else 0
+
+    async def open_() -> tuple[Any, Frame]:
+        """Start the model's work: ``(stream, first frame)``; with truncation 'auto', a
+        history too long for the model loses its oldest messages, 1, then 2, 4, ... more
+        at each try, until the request fits (each refusal comes before any compute)."""
+        dropped, step = 0, 1
+        while True:
+            messages = chat.messages[:first_kept] + chat.messages[first_kept + dropped :]
+            if dropped:
+                messages = _from_user_turn(messages, first_kept)
+            shorter = chat.model_copy(update={"messages": messages})
+            sent = {**model.family.backend_body(shorter, model.config), **STREAMED}
+            call = generate_call(model, "chat", sent, rid)
+            try:
+                stream, first = await open_call(
+                    call, rid, timeout_s, limits.retry_after_s, needs=(model.handle,)
+                )
+            except APIError as exc:
+                stream, first = None, exc.frame
+                first.headers = exc.headers
+            if dropped >= droppable or not _too_long(first):
+                if isinstance(first, ErrorFrame):
+                    first.param = response_param(first.param)
+                return stream, first
+            cancel_call(stream)
+            dropped, step = min(droppable, dropped + step), step * 2
 
     async def save(events: list[dict] | None = None, lease_until: int | None = None) -> None:
         """Store the response (with its ``events``, for a background one), and once it has
@@ -92,19 +119,11 @@ async def create_response(body: ResponseRequest, request: Request, key: Key) -> 
                 raise not_found("Conversation", conversation, "conversation")
 
     if body.background:
-        run = Background(request, builder, save, record, owner)
-        return await run.start(call, timeout_s, model.handle, bool(body.stream))
-    try:
-        stream, first = await open_call(
-            call, rid, timeout_s, limits.retry_after_s, needs=(model.handle,)
-        )
-    except APIError as exc:
-        exc.frame.param = response_param(exc.frame.param)
-        return error_response(exc.frame, exc.headers)
+        return await Background(request, builder, save, record, owner).start(open_, body.stream)
+    stream, first = await open_()
     if isinstance(first, ErrorFrame):  # refused before any output: nothing to store
         cancel_call(stream)
-        first.param = response_param(first.param)
-        return error_response(first)
+        return error_response(first, first.headers)
     frames = _frames(first, rest_frames(stream, record.add_usage, record.failed))
     if body.stream:
         return StreamingResponse(
@@ -116,6 +135,26 @@ async def create_response(body: ResponseRequest, request: Request, key: Key) -> 
         pass
     await save()
     return JSONResponse(builder.response)
+
+
+STREAMED = {"stream": True, "stream_options": {"include_usage": True}}
+
+
+def _too_long(frame: Frame) -> bool:
+    """Whether the model refused the prompt as longer than its context (vLLM names
+    ``input_tokens``; OpenAI-compatible servers say "context length")."""
+    if not isinstance(frame, ErrorFrame) or frame.status != 400:
+        return False
+    return frame.param == "input_tokens" or "context length" in frame.message.lower()
+
+
+def _from_user_turn(messages: list[Any], first_kept: int) -> list[Any]:
+    """``messages`` whose history starts at a user turn (a cut must not leave a tool result
+    or an assistant turn without what it answered)."""
+    head, rest = messages[:first_kept], messages[first_kept:]
+    while len(rest) > 1 and rest[0].role != "user":
+        rest = rest[1:]
+    return head + rest
 
 
 async def _history(
@@ -303,7 +342,7 @@ class Background:
         self.live: asyncio.Queue | None = None  # events for the client of a streamed request
         self.cancelled = asyncio.Event()
 
-    async def start(self, call: Any, timeout_s: float, handle: Any, stream: bool) -> Response:
+    async def start(self, open_: Any, stream: bool | None) -> Response:
         """Store it as ``queued`` and start its task; answer at once (or stream it)."""
         self.builder.response["status"] = "queued"
         queued = copy.deepcopy(self.builder.response)
@@ -311,7 +350,7 @@ class Background:
         self.record.deferred = True  # reported when the task ends, with its usage
         if stream:
             self.live = asyncio.Queue()
-        task = asyncio.create_task(self._run(call, timeout_s, handle))
+        task = asyncio.create_task(self._run(open_))
         running = self.request.app.state.background
         running.add(task)
         task.add_done_callback(running.discard)
@@ -348,18 +387,12 @@ class Background:
             except APIError:
                 pass  # the store is away: the lease is still good for a while
 
-    async def _run(self, call: Any, timeout_s: float, handle: Any) -> None:
+    async def _run(self, open_: Any) -> None:
         builder, record = self.builder, self.record
         lease = asyncio.create_task(self._keep_lease())
         end: list[dict[str, Any]] = []
         try:
-            limits = registry(self.request).config.limits
-            try:
-                stream, first = await open_call(
-                    call, record.request_id, timeout_s, limits.retry_after_s, needs=(handle,)
-                )
-            except APIError as exc:
-                stream, first = None, exc.frame
+            stream, first = await open_()
             self._emit(builder.start())
             await self.save(self.pending, _lease())  # in_progress, from any replica
             self.pending = []

@@ -73,9 +73,10 @@ def test_create_stream_retrieve_chain_delete(client: OpenAI, http: httpx.Client,
         client.responses.retrieve(alone.id)  # store=False
 
 
-def test_a_function_call_round_trip(client: OpenAI):
+@pytest.mark.parametrize("model", [LOCAL, GATEWAY])
+def test_a_function_call_round_trip(client: OpenAI, model: str):
     with client.responses.stream(
-        model=LOCAL, input="What is the weather in Oslo?", tools=[WEATHER],
+        model=model, input="What is the weather in Oslo?", tools=[WEATHER],
         tool_choice="required", max_output_tokens=64, temperature=0,
     ) as stream:  # fmt: skip
         kinds = [e.type for e in stream]
@@ -85,7 +86,7 @@ def test_a_function_call_round_trip(client: OpenAI):
     assert calls and calls[0].name == "get_weather"
     assert set(json.loads(calls[0].arguments)) == {"city"}  # constrained to the schema
     second = client.responses.create(
-        model=LOCAL, previous_response_id=first.id, tools=[WEATHER], max_output_tokens=24,
+        model=model, previous_response_id=first.id, tools=[WEATHER], max_output_tokens=24,
         input=[{"type": "function_call_output", "call_id": calls[0].call_id,
                 "output": '{"sky": "clear", "celsius": 21}'}],
         temperature=0,
@@ -122,6 +123,26 @@ def test_max_output_tokens_ends_incomplete(client: OpenAI):
     ) as stream:
         last = list(stream)[-1]
     assert last.type == "response.incomplete" and last.response.output_text == response.output_text
+
+
+def test_a_history_too_long_is_400_or_truncated_as_asked(client: OpenAI):
+    first = client.responses.create(model=LOCAL, input="word " * 1500, max_output_tokens=4)
+    second = client.responses.create(
+        model=LOCAL, input="Hello.", previous_response_id=first.id, max_output_tokens=4
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(
+            model=LOCAL, input="word " * 600, previous_response_id=second.id, max_output_tokens=4
+        )
+    error = caught.value.body
+    assert error["param"] == "input" and "context length" in error["message"]
+    auto = client.responses.create(
+        model=LOCAL, input="word " * 600, previous_response_id=second.id, max_output_tokens=4,
+        truncation="auto",
+    )  # fmt: skip
+    # the first turn went; the second turn and this input fit
+    assert auto.status in ("completed", "incomplete") and auto.truncation == "auto"
+    assert 600 < auto.usage.input_tokens < 1500
 
 
 def test_json_schema_output(client: OpenAI):
@@ -239,12 +260,15 @@ def test_killing_the_store_loses_no_completed_response(client: OpenAI, base_url:
         assert client.responses.retrieve(response_id).id == response_id
 
 
-def test_background_poll_replay_and_cancel_from_any_replica(client: OpenAI, base_url: str):
+@pytest.mark.parametrize("model", [LOCAL, GATEWAY])
+def test_background_poll_replay_and_cancel_from_any_replica(
+    client: OpenAI, base_url: str, model: str
+):
     def fresh() -> OpenAI:  # a new connection: either ingress replica may answer
         return OpenAI(base_url=f"{base_url}/v1", api_key=client.api_key, max_retries=0)
 
     queued = client.responses.create(
-        model=LOCAL, input="Name a colour.", background=True, max_output_tokens=8,
+        model=model, input="Name a colour.", background=True, max_output_tokens=8,
         temperature=0,
     )  # fmt: skip
     assert queued.status == "queued"
@@ -257,7 +281,7 @@ def test_background_poll_replay_and_cancel_from_any_replica(client: OpenAI, base
     assert events[0].sequence_number == 2 and events[-1].response.status == done.status
     # a long one (SmolLM2 reasons until the limit), cancelled from another connection
     long = client.responses.create(
-        model=LOCAL, input="Why is the sky blue?", background=True, max_output_tokens=1500,
+        model=model, input="Why is the sky blue?", background=True, max_output_tokens=1500,
         reasoning={"effort": "low"},
     )  # fmt: skip
     wait_until(lambda: fresh().responses.retrieve(long.id).status == "in_progress", 60, "start")

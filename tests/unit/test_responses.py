@@ -309,7 +309,6 @@ def test_a_chain_longer_than_allowed_is_400(app):
         ({"reasoning": {"summary": "auto"}}, "reasoning.summary"),
         ({"include": ["reasoning.encrypted_content"]}, "include"),
         ({"include": ["file_search_call.results"]}, "include"),
-        ({"truncation": "auto"}, "truncation"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"text": {"verbosity": "high"}}, "text.verbosity"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
@@ -615,3 +614,48 @@ def test_a_background_response_whose_runner_died_ends_failed(app):
     assert [e["type"] for e in events] == ["response.created", "response.failed"]
     assert events[-1]["response"]["error"]["code"] == "server_error"
     assert app.http.get("/v1/responses/resp_dead").json()["status"] == "failed"
+
+
+class ContextLimited(FakeHandle):
+    """A model that refuses, as vLLM does, a prompt of more than ``limit`` messages."""
+
+    def __init__(self, limit):
+        super().__init__(text_frames("ok"))
+        self.limit = limit
+
+    def __getattr__(self, name):
+        method = super().__getattr__(name)
+        outer = self
+
+        class Checked:
+            def remote(self, endpoint, payload, rid):
+                if len(payload["messages"]) > outer.limit:
+                    outer.calls.append((name, (endpoint, payload, rid)))
+                    from tests.unit.fakes import FakeStream
+
+                    message = "This model's maximum context length is 2048 tokens."
+                    return FakeStream([ErrorFrame(400, message, param="input_tokens")])
+                return method.remote(endpoint, payload, rid)
+
+        return Checked()
+
+
+def test_truncation_auto_drops_the_oldest_turns_until_it_fits(tmp_path):
+    app = App(tmp_path, llm=ContextLimited(limit=7))
+    with app.http:
+        rid = None
+        for turn in range(3):  # 6 messages of history
+            rid = app.post(input=f"t{turn}", previous_response_id=rid).json()["id"]
+        error = assert_envelope(
+            app.post(input="next", previous_response_id=rid, instructions="Be brief."), 400
+        )
+        assert error["param"] == "input"  # truncation disabled (the default): refused
+        app.llm.calls.clear()
+        auto = app.post(input="next", previous_response_id=rid, instructions="Be brief.",
+                        truncation="auto").json()  # fmt: skip
+        assert auto["status"] == "completed" and auto["truncation"] == "auto"
+        tries = [len(call[1][1]["messages"]) for call in app.llm.calls]
+        assert tries == [8, 6]  # 1 history message dropped, and the cut moved to a user turn
+        sent = app.sent()["messages"]
+        assert sent[0] == {"role": "system", "content": "Be brief."}
+        assert sent[1] == {"role": "user", "content": "t1"} and sent[-1]["content"] == "next"

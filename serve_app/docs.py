@@ -38,6 +38,16 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "prompt": "Once upon a time",
         "max_tokens": 16,
     },
+    "/v1/responses": {
+        "model": "smollm2-135m-instruct",
+        "instructions": "Answer in one sentence.",
+        "input": "Say hello in French.",
+        "max_output_tokens": 32,
+    },
+    "/v1/conversations": {
+        "items": [{"role": "user", "content": "My name is Ada."}],
+        "metadata": {"topic": "demo"},
+    },
 }
 
 AUDIO_FIELDS = ("model", "language", "prompt", "response_format", "temperature", "stream")

@@ -12,6 +12,7 @@ from serve_app import metrics as app_metrics
 from serve_app.auth import APIKey, KeyStore
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
+from serve_app.protocol.responses import ResponseRequest
 from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
@@ -154,6 +155,15 @@ def test_openapi_names_the_bearer_key_the_audio_form_and_examples(recorded):
     translation = schema["paths"]["/v1/audio/translations"]["post"]["requestBody"]["content"]
     assert "language" not in translation["multipart/form-data"]["schema"]["properties"]
     assert "security" not in schema["paths"]["/health"]["get"]
+    for path in ("/v1/responses", "/v1/conversations"):  # examples that validate
+        example = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        assert example["example"]
+    ResponseRequest.model_validate(
+        schema["paths"]["/v1/responses"]["post"]["requestBody"]["content"]["application/json"][
+            "example"
+        ]
+    )
+    assert schema["paths"]["/v1/responses/{response_id}"]["get"]["security"] == [{"apiKey": []}]
 
 
 def test_playground_is_one_static_page_needing_no_key_and_nothing_external(recorded):

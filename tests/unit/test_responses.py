@@ -659,3 +659,16 @@ def test_truncation_auto_drops_the_oldest_turns_until_it_fits(tmp_path):
         sent = app.sent()["messages"]
         assert sent[0] == {"role": "system", "content": "Be brief."}
         assert sent[1] == {"role": "user", "content": "t1"} and sent[-1]["content"] == "next"
+
+
+def test_logprobs_and_metadata_when_asked(app):
+    top = [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]
+    app.llm.frames = [chunk({"content": "Hi"}, logprobs=top), chunk(finish="stop"),
+                      chunk(usage=USAGE)]  # fmt: skip
+    body = app.post(input="x", include=["message.output_text.logprobs"], top_logprobs=2,
+                    metadata={"run": "7"}, parallel_tool_calls=False).json()  # fmt: skip
+    assert body["output"][0]["content"][0]["logprobs"] == top
+    assert body["metadata"] == {"run": "7"} and body["parallel_tool_calls"] is False
+    assert app.sent()["logprobs"] is True and app.sent()["top_logprobs"] == 2
+    assert app.sent()["parallel_tool_calls"] is False
+    validate(body, "Response")

@@ -1,12 +1,14 @@
 """The Responses API: ``/v1/responses`` and the stored responses under it.
 
-``POST /v1/responses`` expands the stored history (the ``previous_response_id`` chain) and
-this request's input into one chat request, runs it through the chat pipeline (the same
-checks, admission, audio parts, limits and metrics as ``/v1/chat/completions``, on any
-chat-capable model) as a stream, and turns its chunks into a Response (``serve_app/bridge.py``).
+``POST /v1/responses`` expands the stored history (the ``previous_response_id`` chain, or the
+``conversation``'s items) and this request's input into one chat request, runs it through
+the chat pipeline (the same checks, admission, audio parts, limits and metrics as
+``/v1/chat/completions``, on any chat-capable model) as a stream, and turns its chunks into
+a Response (``serve_app/bridge.py``).
 A stored response (``store`` defaults to true) is committed before the client sees its end:
 ``response.completed`` (or ``incomplete``/``failed``) in a stream, the body otherwise. Every
-stored response belongs to the API key that made it: any other key gets 404.
+stored response belongs to the API key that made it: any other key gets 404. A background
+response (``Background``, at the end) runs on without its client.
 """
 
 import asyncio

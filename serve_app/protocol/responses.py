@@ -290,8 +290,7 @@ class ResponseRequest(SamplingFields):
                 param="conversation",
             )
         for name, what in NOT_SUPPORTED.items():
-            value = getattr(self, name)
-            if value is not None and value is not False:
+            if getattr(self, name) is not None:
                 raise APIError(400, f"{what} is not supported by this server.", param=name)
         if isinstance(self.input, list) and len(self.input) > max_items:
             raise APIError(

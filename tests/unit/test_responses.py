@@ -672,3 +672,18 @@ def test_logprobs_and_metadata_when_asked(app):
     assert app.sent()["logprobs"] is True and app.sent()["top_logprobs"] == 2
     assert app.sent()["parallel_tool_calls"] is False
     validate(body, "Response")
+
+
+def test_named_tool_choice_and_llama_cpp_samplers_reach_the_engine_as_in_chat(app):
+    app.llm.frames = call_frames()
+    body = app.post(
+        input="Weather?", tools=[TOOL], tool_choice={"type": "function", "name": "get_weather"},
+        top_k=40, min_p=0.05, repeat_penalty=1.1, dry_multiplier=0.8, seed=7, temperature=0.3,
+    ).json()  # fmt: skip
+    assert body["tool_choice"] == {"type": "function", "name": "get_weather"}
+    assert body["output"][0]["type"] == "function_call" and body["temperature"] == 0.3
+    sent = app.sent()
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["top_k"] == 40 and sent["min_p"] == 0.05 and sent["seed"] == 7
+    assert sent["vllm_xargs"]["dry_multiplier"] == 0.8  # as chat sends llama.cpp's samplers
+    assert "repeat_penalty" in json.dumps(sent["vllm_xargs"])

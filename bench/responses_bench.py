@@ -25,7 +25,7 @@ import yaml
 from openai import OpenAI
 
 from bench.server import ROOT, running_server
-from serve_app.protocol.responses import to_messages
+from serve_app.protocol.items import to_messages
 from tests import postgres_server
 
 MODEL = "smollm2-135m-instruct"

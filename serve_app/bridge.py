@@ -10,12 +10,18 @@ end is ``response.completed``, ``response.incomplete`` (``max_output_tokens`` or
 context, or a content filter) or ``response.failed`` (an engine error mid-stream).
 """
 
+import json
+import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-from deployments.common.contracts import ErrorFrame
-from serve_app.protocol.responses import ECHOED, FunctionChoice, ResponseRequest, new_id
+from deployments.common.contracts import ChunkFrame, ErrorFrame, Frame
+from serve_app.log import LOGGER
+from serve_app.protocol.items import new_id
+from serve_app.protocol.responses import ECHOED, FunctionChoice, ResponseRequest
 
+logger = logging.getLogger(LOGGER)
 Event = dict[str, Any]
 
 
@@ -296,6 +302,32 @@ class ResponseBuilder:
         self._set_usage()
         self.response["status"] = "cancelled"
         self.ended = True
+
+
+async def chain_frames(first: Frame, rest: AsyncIterator[Frame]) -> AsyncIterator[Frame]:
+    yield first
+    async for frame in rest:
+        yield frame
+
+
+async def response_events(
+    builder: ResponseBuilder, frames: AsyncIterator[Frame], rid: str
+) -> AsyncIterator[tuple[list[dict[str, Any]], bool]]:
+    """The events of each chat frame, as ``(events, False)``, then the events that end the
+    response (completed, incomplete or failed) as ``(events, True)``."""
+    try:
+        async for frame in frames:
+            if isinstance(frame, ChunkFrame):
+                yield builder.feed(json.loads(frame.data)), False
+            elif isinstance(frame, ErrorFrame):
+                yield builder.fail(frame), True
+                return
+    except Exception:
+        logger.exception("stream failed mid-way [request_id=%s]", rid)
+        message = f"The model backend failed mid-stream (request id: {rid})."
+        yield builder.fail(ErrorFrame(500, message)), True
+        return
+    yield builder.finish(), True
 
 
 def _copy(value: Any) -> Any:

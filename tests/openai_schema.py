@@ -43,3 +43,19 @@ def validate(instance: Any, name: str) -> None:
     schema = copy.copy(doc["components"]["schemas"][name])
     schema["components"] = doc["components"]
     jsonschema.validate(instance, schema)
+
+
+def fields_of(name: str) -> set[str]:
+    """Every property name of schema ``name``, through its ``$ref``s and ``allOf``s."""
+    schemas = _document()["components"]["schemas"]
+    fields: set[str] = set()
+
+    def walk(node: dict[str, Any]) -> None:
+        if "$ref" in node:
+            walk(schemas[node["$ref"].split("/")[-1]])
+        for sub in node.get("allOf", []):
+            walk(sub)
+        fields.update(node.get("properties", {}))
+
+    walk(schemas[name])
+    return fields

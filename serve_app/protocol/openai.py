@@ -47,6 +47,15 @@ PASSTHROUGH = (
 )
 
 
+def check_stream_options(stream_options: Any, stream: bool | None) -> None:
+    if stream_options is not None and not stream:
+        raise APIError(
+            400,
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+        )
+
+
 class StreamOptions(Strict):
     include_usage: bool | None = None
     include_obfuscation: bool | None = Field(None, description="Advisory: we never pad.")
@@ -92,12 +101,7 @@ class GenerationRequest(SamplingFields):
 
     def check(self) -> None:
         """Rules that span fields; 400 naming the field."""
-        if self.stream_options is not None and not self.stream:
-            raise APIError(
-                400,
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                param="stream_options",
-            )
+        check_stream_options(self.stream_options, self.stream)
         if self.both_repeat_penalties():
             raise APIError(
                 400,

@@ -1,4 +1,4 @@
-"""OpenAI Responses requests (``POST /v1/responses``), strictly, and their input items.
+"""OpenAI Responses requests (``POST /v1/responses``), strictly (their items: ``items.py``).
 
 A request becomes a chat request (``ResponseRequest.chat_body``): the stored history (items
 of earlier responses) plus this request's items turn into chat messages, and the fields map
@@ -9,129 +9,28 @@ behave exactly as in chat. Fields for what we do not have (built-in tools, promp
 reasoning summaries, encrypted reasoning, ...) are refused with a 400 naming them.
 """
 
-import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Discriminator, Field, Tag
+from pydantic import Discriminator, Field, Tag
 
 from serve_app.errors import APIError
-from serve_app.protocol.messages import AUDIO_FORMATS
-from serve_app.protocol.openai import NAME, MetaKey, MetaValue
+from serve_app.protocol.items import (
+    InputItem,
+    MessageItem,
+    check_items,
+    stored_items,
+    to_messages,
+)
+from serve_app.protocol.openai import (
+    NAME,
+    JSONObjectFormat,
+    MetaKey,
+    MetaValue,
+    TextFormat,
+    check_stream_options,
+)
 from serve_app.protocol.sampling import SamplingFields
 from serve_app.protocol.strict import Strict, tagged
-
-ItemStatus = Literal["in_progress", "completed", "incomplete"]
-CallId = Annotated[str, Field(min_length=1, max_length=64)]
-
-
-def new_id(prefix: str) -> str:
-    """An id as OpenAI spells them: ``resp_``, ``msg_``, ``fc_``, ``rs_`` + 48 hex digits."""
-    return f"{prefix}_{uuid.uuid4().hex}{uuid.uuid4().hex[:16]}"
-
-
-class InputText(Strict):
-    type: Literal["input_text"]
-    text: str
-    prompt_cache_breakpoint: dict[str, Any] | None = None  # advisory
-
-
-class InputImage(Strict):
-    type: Literal["input_image"]
-    image_url: str | None = None
-    file_id: str | None = None
-    detail: str | None = None
-
-
-class InputFile(Strict):
-    type: Literal["input_file"]
-    file_id: str | None = None
-    file_data: str | None = None
-    file_url: str | None = None
-    filename: str | None = None
-
-
-class AudioData(Strict):
-    data: str = Field(description="Base64-encoded audio.")
-    format: Literal[AUDIO_FORMATS]  # type: ignore[valid-type]
-
-
-class InputAudio(Strict):
-    type: Literal["input_audio"]
-    input_audio: AudioData
-
-
-class OutputText(Strict):
-    type: Literal["output_text"]
-    text: str
-    annotations: list[dict[str, Any]] | None = None
-    logprobs: list[dict[str, Any]] | None = None
-
-
-class Refusal(Strict):
-    type: Literal["refusal"]
-    refusal: str
-
-
-InputPart = tagged("type", InputText, InputImage, InputFile, InputAudio)
-AnyPart = tagged("type", InputText, InputImage, InputFile, InputAudio, OutputText, Refusal)
-
-
-def _message_type(value: Any) -> Any:
-    """An item with a ``role`` and no ``type`` is a message (OpenAI's "easy" input message)."""
-    if isinstance(value, dict) and "role" in value and "type" not in value:
-        return {**value, "type": "message"}
-    return value
-
-
-class MessageItem(Strict):
-    type: Literal["message"]
-    role: Literal["user", "assistant", "system", "developer"]
-    content: str | Annotated[list[AnyPart], Field(min_length=1)]
-    id: str | None = None
-    status: ItemStatus | None = None
-    phase: str | None = None  # advisory
-
-
-class FunctionCallItem(Strict):
-    type: Literal["function_call"]
-    call_id: CallId
-    name: str = Field(min_length=1, max_length=128)
-    arguments: str
-    id: str | None = None
-    status: ItemStatus | None = None
-
-
-class FunctionCallOutputItem(Strict):
-    type: Literal["function_call_output"]
-    call_id: CallId
-    output: str | Annotated[list[InputPart], Field(min_length=1)]
-    id: str | None = None
-    status: ItemStatus | None = None
-
-
-class ReasoningText(Strict):
-    type: Literal["reasoning_text"]
-    text: str
-
-
-class SummaryText(Strict):
-    type: Literal["summary_text"]
-    text: str
-
-
-class ReasoningItem(Strict):
-    type: Literal["reasoning"]
-    summary: list[SummaryText] = Field(default_factory=list)
-    content: list[ReasoningText] | None = None
-    encrypted_content: str | None = None
-    id: str | None = None
-    status: ItemStatus | None = None
-
-
-InputItem = Annotated[
-    tagged("type", MessageItem, FunctionCallItem, FunctionCallOutputItem, ReasoningItem),
-    BeforeValidator(_message_type),
-]
 
 
 class FunctionTool(Strict):
@@ -165,15 +64,9 @@ class FunctionChoice(Strict):
     name: str
 
 
-class TextFormat(Strict):
-    type: Literal["text"]
-
-
-class JSONObjectFormat(Strict):
-    type: Literal["json_object"]
-
-
 class JSONSchemaFormat(Strict):
+    """Chat's ``json_schema`` format with its fields flat (``text.format`` in Responses)."""
+
     type: Literal["json_schema"]
     name: NAME
     schema_: dict[str, Any] = Field(alias="schema")
@@ -299,19 +192,7 @@ class ResponseRequest(SamplingFields):
                 param="input",
                 code="too_many_items",
             )
-        if self.stream_options is not None and not self.stream:
-            raise APIError(
-                400,
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                param="stream_options",
-            )
-        if self.both_repeat_penalties():
-            raise APIError(
-                400,
-                "Set either 'repeat_penalty' (llama.cpp, windowed) or 'repetition_penalty' "
-                "(vLLM, whole context), not both.",
-                param="repeat_penalty",
-            )
+        check_stream_options(self.stream_options, self.stream)  # the samplers: chat's check
         reasoning = self.reasoning or ReasoningOptions()
         if reasoning.summary or reasoning.generate_summary:
             raise APIError(
@@ -431,63 +312,6 @@ class ResponseRequest(SamplingFields):
         return body
 
 
-def check_items(items: list[Any], field: str) -> None:
-    """400 naming the item (``input[2].content[0]``) for content no model here accepts."""
-    for i, item in enumerate(items):
-        if isinstance(item, ReasoningItem) and item.encrypted_content is not None:
-            raise APIError(
-                400, "Encrypted reasoning is not supported.",
-                param=f"{field}[{i}].encrypted_content",
-            )  # fmt: skip
-        if not isinstance(item, MessageItem) or isinstance(item.content, str):
-            continue
-        for j, part in enumerate(item.content):
-            param = f"{field}[{i}].content[{j}]"
-            if isinstance(part, InputImage | InputFile):
-                kind = "image" if isinstance(part, InputImage) else "file"
-                raise APIError(
-                    400,
-                    f"The models here accept text and audio only; {kind} inputs are not supported.",
-                    param=param,
-                    code="unsupported_content",
-                )
-            assistant = item.role == "assistant"
-            if assistant and isinstance(part, InputAudio):
-                raise APIError(400, "Assistant messages cannot carry audio.", param=param)
-            if not assistant and isinstance(part, OutputText | Refusal):
-                raise APIError(
-                    400,
-                    f"Content of type '{part.type}' is for assistant messages only.",
-                    param=param,
-                )
-
-
-def stored_items(items: list[Any]) -> list[dict[str, Any]]:
-    """Input items as they are stored and listed: content as parts, each item with an id
-    (kept if the client gave one) and a status."""
-    stored = []
-    for item in items:
-        item = item.model_dump(by_alias=True, exclude_none=True)
-        if item["type"] == "message" and isinstance(item["content"], str):
-            kind = "output_text" if item["role"] == "assistant" else "input_text"
-            item["content"] = [{"type": kind, "text": item["content"]}]
-        for part in item.get("content") or () if item["type"] == "message" else ():
-            if part["type"] == "output_text":
-                part.setdefault("annotations", [])
-                part.setdefault("logprobs", [])
-        item.setdefault("id", new_id(_ID_PREFIX[item["type"]]))
-        item.setdefault("status", "completed")
-        stored.append(item)
-    return stored
-
-
-_ID_PREFIX = {
-    "message": "msg",
-    "function_call": "fc",
-    "function_call_output": "fco",
-    "reasoning": "rs",
-}
-# Chat's names of fields that a Responses request names otherwise (for 400s from chat).
 CHAT_PARAMS = {
     "messages": "input",
     "input_tokens": "input",  # vLLM's name for a prompt longer than the model's context
@@ -504,67 +328,3 @@ def response_param(param: str | None) -> str | None:
         return None
     head = param.split("[", 1)[0].split(".", 1)[0]
     return CHAT_PARAMS.get(head, param)
-
-
-def _text(content: list[dict[str, Any]]) -> str:
-    return "".join(part.get("text", part.get("refusal", "")) for part in content)
-
-
-def to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stored items (input and output, in order) as chat messages: consecutive function calls
-    become one assistant message's ``tool_calls``; a reasoning item goes to the next
-    assistant message's ``reasoning`` (one that no assistant turn follows, as when the output
-    was cut short while reasoning, is dropped); function call outputs become tool messages."""
-    messages: list[dict[str, Any]] = []
-    reasoning: list[str] = []
-
-    def assistant() -> dict[str, Any]:
-        last = messages[-1] if messages else None
-        if last is not None and last["role"] == "assistant" and not reasoning:
-            return last
-        message: dict[str, Any] = {"role": "assistant"}
-        if reasoning:
-            message["reasoning"] = "\n".join(reasoning)
-            reasoning.clear()
-        messages.append(message)
-        return message
-
-    for item in items:
-        kind = item["type"]
-        if kind == "reasoning":
-            reasoning.append(_text(item.get("content") or item.get("summary") or []))
-        elif kind == "function_call":
-            message = assistant()
-            message.setdefault("tool_calls", []).append(
-                {
-                    "id": item["call_id"],
-                    "type": "function",
-                    "function": {"name": item["name"], "arguments": item["arguments"]},
-                }
-            )
-        elif kind == "function_call_output":
-            output = item["output"]
-            text = output if isinstance(output, str) else _text(output)
-            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
-            reasoning.clear()
-        elif item["role"] == "assistant":
-            text = _text(item["content"])
-            message = assistant()
-            if message.get("tool_calls") or "content" in message:
-                message = {"role": "assistant"}
-                messages.append(message)
-            message["content"] = text
-        else:
-            parts = item["content"]
-            if any(part["type"] == "input_audio" for part in parts):
-                content: Any = [
-                    {"type": "input_audio", "input_audio": part["input_audio"]}
-                    if part["type"] == "input_audio"
-                    else {"type": "text", "text": part["text"]}
-                    for part in parts
-                ]
-            else:
-                content = _text(parts)
-            messages.append({"role": item["role"], "content": content})
-            reasoning.clear()
-    return messages

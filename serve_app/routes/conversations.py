@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from serve_app.auth import APIKey, require
+from serve_app.protocol.items import InputItem, check_items, new_id, stored_items
 from serve_app.protocol.openai import MetaKey, MetaValue
-from serve_app.protocol.responses import InputItem, check_items, new_id, stored_items
 from serve_app.protocol.strict import Strict
 from serve_app.routes.stored import Order, not_found, owner_of, page, store_call
 

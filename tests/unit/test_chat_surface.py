@@ -14,7 +14,7 @@ from serve_app.protocol.openai import ChatCompletionRequest, CompletionRequest
 from serve_app.ratelimit import RateLimiter, RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
-from tests.openai_schema import _document
+from tests.openai_schema import fields_of
 from tests.unit.fakes import FakeHandle, LocalHandle
 from tests.unit.test_ingress import assert_envelope
 
@@ -286,21 +286,6 @@ def test_undecodable_audio_is_400_naming_the_part():
     assert "could not be decoded" in error["message"] and not llm.calls
 
 
-def _schema_fields(name: str) -> set[str]:
-    schemas = _document()["components"]["schemas"]
-    fields: set[str] = set()
-
-    def walk(node):
-        if "$ref" in node:
-            walk(schemas[node["$ref"].split("/")[-1]])
-        for sub in node.get("allOf", []):
-            walk(sub)
-        fields.update(node.get("properties", {}))
-
-    walk(schemas[name])
-    return fields
-
-
 @pytest.mark.parametrize(
     ("model", "schema"),
     [
@@ -310,7 +295,7 @@ def _schema_fields(name: str) -> set[str]:
 )
 def test_every_openai_request_field_is_handled(model, schema):
     """No OpenAI field falls through to 'Unrecognized': each works, is advisory or is refused."""
-    assert _schema_fields(schema) <= set(model.model_fields)
+    assert fields_of(schema) <= set(model.model_fields)
 
 
 def test_request_bodies_validate_as_json_too():

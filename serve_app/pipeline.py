@@ -101,7 +101,19 @@ class Recorder:
         state = scope.setdefault("state", {})
         state["record"] = record
         error_body = bytearray()
-        complete = False
+        complete = reported = False
+
+        def finish() -> None:
+            nonlocal reported
+            reported = True
+            record.ended = time.monotonic()
+            if not complete and record.status < 400:
+                record.status = CLIENT_CLOSED
+            record.key = record.key or state.get("api_key")
+            if error_body and record.error_code is None:
+                record.error_code = _error_code(bytes(error_body))
+            if not (record.deferred and record.status < 400):
+                report(self.observers, record)
 
         async def recording_send(message: Message) -> None:
             nonlocal complete
@@ -114,6 +126,11 @@ class Recorder:
                 if record.status >= 400 and len(error_body) < _ERROR_BODY_MAX:
                     error_body.extend(body)
                 complete = not message.get("more_body", False)
+                if complete:
+                    # The observers hear of the request before its client sees the end, so
+                    # that the client's next request is admitted against what this one used
+                    # (a token budget spent by this response refuses the very next request).
+                    finish()
             await send(message)
 
         try:
@@ -122,14 +139,8 @@ class Recorder:
             record.status = record.status if complete else 500
             raise
         finally:
-            record.ended = time.monotonic()
-            if not complete and record.status < 400:
-                record.status = CLIENT_CLOSED
-            record.key = record.key or state.get("api_key")
-            if error_body and record.error_code is None:
-                record.error_code = _error_code(bytes(error_body))
-            if not (record.deferred and record.status < 400):
-                report(self.observers, record)
+            if not reported:
+                finish()
 
 
 def report(observers: list[Observer], record: Finished) -> None:

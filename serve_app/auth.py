@@ -25,6 +25,7 @@ Endpoint = Literal[
     "models",
     "chat-completions",
     "completions",
+    "embeddings",
     "responses",
     "conversations",
     "audio-transcriptions",

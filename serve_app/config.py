@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from serve_app.families import Capability, ModelConfig, family_of
+from serve_app.families import Capability, ModelConfig, capabilities_of
 from serve_app.options import AutoscalingOptions, DeploymentOptions, StrictModel
 
 
@@ -189,4 +189,4 @@ class AppConfig(FrontOptions):
 
     def models_that(self, capability: Capability) -> list[Any]:
         """Configured models whose family can serve ``capability``, in config order."""
-        return [m for m in self.models if capability in family_of(m).capabilities]
+        return [m for m in self.models if capability in capabilities_of(m)]

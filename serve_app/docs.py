@@ -38,6 +38,10 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "prompt": "Once upon a time",
         "max_tokens": 16,
     },
+    "/v1/embeddings": {
+        "model": "all-minilm-l6-v2",
+        "input": ["The cat sat on the mat.", "A kitten rests on a rug."],
+    },
     "/v1/responses": {
         "model": "smollm2-135m-instruct",
         "instructions": "Answer in one sentence.",

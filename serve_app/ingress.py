@@ -23,7 +23,15 @@ from serve_app.metrics import Metrics
 from serve_app.pipeline import Recorder
 from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
-from serve_app.routes import audio, conversations, generation, health, models, responses
+from serve_app.routes import (
+    audio,
+    conversations,
+    embeddings,
+    generation,
+    health,
+    models,
+    responses,
+)
 from serve_app.settings import Settings
 from serve_app.store import HandleStore
 
@@ -66,7 +74,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
-    for module in (health, models, generation, responses, conversations, audio, docs):
+    for module in (health, models, generation, embeddings, responses, conversations, audio, docs):
         app.include_router(module.router)
     docs.install_openapi(app)
     paths = [(r.path_regex, r.path) for r in app.routes if hasattr(r, "path_regex")]

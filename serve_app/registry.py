@@ -5,7 +5,7 @@ from typing import Any
 
 from serve_app.config import AppConfig
 from serve_app.errors import APIError
-from serve_app.families import Capability, Family, family_of
+from serve_app.families import Capability, Family, capabilities_of, family_of
 
 
 @dataclass(frozen=True)
@@ -21,16 +21,29 @@ class ServedModel:
     def family(self) -> Family:
         return family_of(self.config)
 
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return capabilities_of(self.config)
+
+    @property
+    def type(self) -> str:
+        """``llm``, ``stt`` or ``embedding``: the family's, unless the model says."""
+        return getattr(self.config, "model_type", self.family.model_type)
+
     def card(self, created: int) -> dict[str, Any]:
-        """The OpenAI ``model`` object, plus ``type`` and ``context_length``."""
-        return {
+        """The OpenAI ``model`` object, plus ``type``, ``context_length`` and, for embedding
+        models, ``dimensions``."""
+        card = {
             "id": self.config.id,
             "object": "model",
             "created": created,
             "owned_by": self.config.owned_by,
-            "type": self.family.model_type,
+            "type": self.type,
             "context_length": self.config.context_length,
         }
+        if self.type == "embedding":
+            card["dimensions"] = getattr(self.config, "dimensions", None)
+        return card
 
 
 class ModelRegistry:
@@ -56,7 +69,7 @@ class ModelRegistry:
         404 ``model_not_found`` for an unknown name; 400 for a model that cannot do it.
         """
         model = self.lookup(name)
-        if capability not in model.family.capabilities:
+        if capability not in model.capabilities:
             raise APIError(
                 400,
                 f"The model '{name}' is {model.family.noun} and cannot be used with {route}.",

@@ -1,7 +1,12 @@
 """Error helpers shared by the ingress and the model deployments."""
 
+import logging
 import re
 from typing import Any
+
+from deployments.common.contracts import ErrorFrame
+
+logger = logging.getLogger("ray.serve.deployments")
 
 # pydantic puts union members into error locations ("str", "list[str]", "Model", "role=user");
 # they are not request fields.
@@ -87,3 +92,26 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, str |
         return f"Invalid request: {reason}", None
     kind = "type" if first.get("type", "") in _EXPECTED else "value"
     return f"Invalid {kind} for '{param}': {reason}.", param
+
+
+def error_frame(error: dict[str, Any], params: dict[str, str] | None = None) -> ErrorFrame:
+    """Map a vLLM error (``code`` holds the HTTP status) to our frame. A 5xx is logged and
+    its message replaced (engine internals stay in the log); ``params`` renames vLLM's
+    ``param`` to the request field it is about."""
+    status = error.get("code")
+    status = status if isinstance(status, int) and 400 <= status < 600 else 500
+    message = error.get("message") or "request failed"
+    if status >= 500:
+        logger.error("engine error: %s", message)
+        message = "The model backend failed to process the request."
+    param = error.get("param")
+    if params is not None:
+        param = params.get(param, param)
+    return ErrorFrame(status, message, param=param)
+
+
+def validation_error(exc: Any) -> ErrorFrame:
+    """A 400 frame for a request body vLLM's protocol models rejected (a pydantic
+    ``ValidationError``)."""
+    message, param = describe_validation_errors(exc.errors(include_url=False))
+    return ErrorFrame(400, message, param=param)

@@ -32,12 +32,12 @@ from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
 from deployments.common.contracts import (
     ChunkFrame,
-    ErrorFrame,
     Frame,
     JSONFrame,
     UsageFrame,
     token_usage,
 )
+from deployments.common.errors import error_frame, validation_error
 from deployments.llm import reasoning
 from deployments.llm.samplers import DRY, XTC, RepeatPenaltyWindow
 from deployments.llm.schema import (
@@ -45,7 +45,6 @@ from deployments.llm.schema import (
     add_logprobs_refusal,
     add_usage_extras,
     drop_nulls,
-    validation_error,
 )
 
 logger = logging.getLogger("ray.serve.deployments.llm")
@@ -272,14 +271,3 @@ def _finish(response: dict[str, Any], stats: RequestStats, chat: bool, prompt: b
         add_logprobs_refusal(response)
     if prompt:
         response["prompt"] = stats.prompt
-
-
-def error_frame(error: dict[str, Any]) -> ErrorFrame:
-    """Map vLLM's error (``code`` holds the HTTP status) to our frame."""
-    status = error.get("code")
-    status = status if isinstance(status, int) and 400 <= status < 600 else 500
-    message = error.get("message") or "request failed"
-    if status >= 500:
-        logger.error("engine error: %s", message)
-        message = "The model backend failed to process the request."
-    return ErrorFrame(status, message, param=error.get("param"))

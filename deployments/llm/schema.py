@@ -11,11 +11,6 @@ and, when asked for, the rendered ``prompt``.
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
-from deployments.common.contracts import ErrorFrame
-from deployments.common.errors import describe_validation_errors
-
 # Fields OpenAI's schemas require even when null (choices, messages, deltas, logprobs).
 KEEP_NULL = frozenset({"content", "refusal", "logprobs", "finish_reason"})
 
@@ -27,12 +22,6 @@ def drop_nulls(value: Any) -> Any:
     if isinstance(value, list):
         return [drop_nulls(v) for v in value]
     return value
-
-
-def validation_error(exc: ValidationError) -> ErrorFrame:
-    """A 400 frame for a request body vLLM's protocol models rejected."""
-    message, param = describe_validation_errors(exc.errors(include_url=False))
-    return ErrorFrame(400, message, param=param)
 
 
 @dataclass(slots=True)

@@ -36,7 +36,7 @@ from deployments.common.contracts import (
 
 logger = logging.getLogger("ray.serve.deployments.upstream")
 
-PATHS = {"chat": "/chat/completions", "completions": "/completions"}
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 RETRY_STATUSES = (429, 503)
 MAX_BACKOFF_S = 8.0
 PASS_STATUSES = range(400, 500)

@@ -4,8 +4,8 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from serve_app.families import llm, upstream, whisper  # noqa: F401 - registration
-from serve_app.families.base import FAMILIES, Capability, Family, family_of
+from serve_app.families import embedding, llm, upstream, whisper  # noqa: F401 - registration
+from serve_app.families.base import FAMILIES, Capability, Family, capabilities_of, family_of
 
 # A configured model: the config model of the family its `family:` field names.
 ModelConfig = Annotated[
@@ -13,4 +13,4 @@ ModelConfig = Annotated[
     Field(discriminator="family"),
 ]
 
-__all__ = ["FAMILIES", "Capability", "Family", "ModelConfig", "family_of"]
+__all__ = ["FAMILIES", "Capability", "Family", "ModelConfig", "capabilities_of", "family_of"]

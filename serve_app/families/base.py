@@ -2,7 +2,9 @@
 serve, which usage budget it spends, and how its deployments are bound.
 
 Routes ask the registry for a model that can do a thing (``chat``, ``completions``,
-``transcriptions``, ``translations``) and never name a family. A new family is one module
+``embeddings``, ``transcriptions``, ``translations``) and never name a family; a model's
+config may narrow its family's capabilities (``capabilities_of``: an upstream model serves
+what its provider does). A new family is one module
 that calls ``register`` plus one import in ``serve_app/families/__init__.py``.
 """
 
@@ -17,7 +19,7 @@ from ray.serve import Application
 
 from serve_app.options import ModelBase, deployment_name
 
-Capability = Literal["chat", "completions", "transcriptions", "translations"]
+Capability = Literal["chat", "completions", "embeddings", "transcriptions", "translations"]
 UsageKind = Literal["tokens", "audio"]
 
 
@@ -29,7 +31,7 @@ class Family:
     application is built. ``group`` says which models share a deployment, by its name (one
     deployment per model unless the family groups them: upstream models by provider);
     ``bind`` binds one group (default: one model, called with ``(model_id, source,
-    engine_options)``).
+    engine_options, *bind_extra(model))``).
     ``check`` refuses requests the model is not configured for; ``backend_body`` turns a
     validated request into what its deployment runs. ``replica_env`` gives environment
     variables a model's replica processes start with (e.g. thread counts their native
@@ -50,6 +52,7 @@ class Family:
     group: Callable[[list[Any]], dict[str, list[Any]]] | None = None
     bind: Callable[[str, list[Any], Any], Application] | None = None
     replica_env: Callable[[Any], dict[str, str]] = lambda model: {}
+    bind_extra: Callable[[Any], tuple[Any, ...]] = lambda model: ()
 
     def deployment_class(self) -> type:
         module, _, name = self.deployment.partition(":")
@@ -78,7 +81,7 @@ class Family:
         if env := self.replica_env(model):
             options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
         deployment = serve.deployment(self.deployment_class()).options(**options)
-        return deployment.bind(model.id, source, model.engine.model_dump())
+        return deployment.bind(model.id, source, model.engine.model_dump(), *self.bind_extra(model))
 
     def bind_models(
         self, models: list[Any], resolve_source: Callable[[str], str]
@@ -101,5 +104,19 @@ def register(family: Family) -> Family:
     return family
 
 
+def cpu_threads_env(model: Any) -> dict[str, str]:
+    """``OMP_NUM_THREADS`` from a model's ``engine.cpu_threads`` (0: Ray's, floor(num_cpus),
+    at least 1): the thread count native engines read once, when they load."""
+    threads = model.engine.cpu_threads
+    return {"OMP_NUM_THREADS": str(threads)} if threads else {}
+
+
 def family_of(model: Any) -> Family:
     return FAMILIES[model.family]
+
+
+def capabilities_of(model: Any) -> frozenset[Capability]:
+    """What a configured model serves: its own ``capabilities`` if its config has them,
+    else its family's."""
+    declared = getattr(model, "capabilities", None)
+    return frozenset(declared) if declared is not None else family_of(model).capabilities

@@ -39,6 +39,14 @@ class UpstreamModelConfig(ModelBase):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Environment variable holding the provider's API key (sent as Bearer).",
     )
+    capabilities: list[Literal["chat", "completions", "embeddings"]] = Field(
+        default_factory=lambda: ["chat", "completions"],
+        min_length=1,
+        description="What the provider serves this model for: chat, completions, embeddings.",
+    )
+    dimensions: int | None = Field(
+        None, ge=1, description="`dimensions` in /v1/models (embedding models)."
+    )
     context_length: int | None = Field(None, ge=1, description="`context_length` in /v1/models.")
     timeout_s: float = Field(60, gt=0, description="No first byte within this: 504.")
     max_concurrency: int = Field(64, ge=1, description="Open requests per replica to the provider.")
@@ -53,6 +61,11 @@ class UpstreamModelConfig(ModelBase):
         description="Placement and scaling of the provider's deployment (I/O only: no CPU "
         "reserved, never a GPU).",
     )
+
+    @property
+    def model_type(self) -> str:
+        """`type` in /v1/models: ``embedding`` for a model served only for embeddings."""
+        return "embedding" if set(self.capabilities) == {"embeddings"} else "llm"
 
     @property
     def provider_name(self) -> str:
@@ -112,10 +125,10 @@ FAMILY = register(
         name="upstream",
         config=UpstreamModelConfig,
         deployment="deployments.upstream.deployment:UpstreamDeployment",
-        capabilities=frozenset({"chat", "completions"}),
+        capabilities=frozenset({"chat", "completions", "embeddings"}),  # per model: capabilities
         usage="tokens",
         model_type="llm",
-        noun="a remote language model",
+        noun="a remote model",
         local_weights=False,
         backend_body=backend_body,
         group=group,

@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from serve_app.families.base import Family, register
+from serve_app.families.base import Family, cpu_threads_env, register
 from serve_app.options import DeploymentOptions, LocalModelBase, StrictModel
 
 
@@ -56,15 +56,6 @@ class WhisperModelConfig(LocalModelBase):
         return None
 
 
-def replica_env(model: WhisperModelConfig) -> dict[str, str]:
-    """OpenMP's thread count, read once when CTranslate2 loads. Unset, Ray gives a replica
-    OMP_NUM_THREADS = floor(num_cpus), at least 1, under which CTranslate2 computes other
-    encoder outputs than with ``cpu_threads`` threads (up to 2 apart on whisper-base: another
-    transcript than faster-whisper's own) and decodes slower."""
-    threads = model.engine.cpu_threads
-    return {"OMP_NUM_THREADS": str(threads)} if threads else {}
-
-
 FAMILY = register(
     Family(
         name="whisper",
@@ -74,6 +65,9 @@ FAMILY = register(
         usage="audio",
         model_type="stt",
         noun="a speech-to-text model",
-        replica_env=replica_env,
+        # CTranslate2 reads OMP_NUM_THREADS once, at load. Left to Ray (floor(num_cpus), at
+        # least 1) it computes other encoder outputs than with `cpu_threads` threads (up to 2
+        # apart on whisper-base: another transcript than faster-whisper's own), and slower.
+        replica_env=cpu_threads_env,
     )
 )

@@ -33,8 +33,7 @@ async def health(
     body = {
         "status": "ok" if all(states) else "unavailable",
         "models": {
-            m.id: {"type": m.family.model_type, "ready": ok}
-            for m, ok in zip(models.models, states, strict=True)
+            m.id: {"type": m.type, "ready": ok} for m, ok in zip(models.models, states, strict=True)
         },
     }
     return JSONResponse(body, status_code=200 if all(states) else 503)

@@ -41,6 +41,10 @@ keys:
   - name: gateway-tokens
     secret: gateway-tokens-secret
     limits: {{tokens_per_minute: 30}}
+  - name: embed-tokens
+    secret: embed-tokens-secret
+    endpoints: [embeddings]
+    limits: {{tokens_per_minute: 30}}
 """
 # What the session's app changes from the shipped config, so that limits are reachable:
 # two ingress replicas (rate limits must hold across them), small LLM queues, a request

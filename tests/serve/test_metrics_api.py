@@ -19,6 +19,7 @@ pytestmark = pytest.mark.serve
 
 LLM = "smollm2-135m-instruct"
 STT = "whisper-tiny.en"
+EMBEDDING = "all-minilm-l6-v2"
 DASHBOARD = ROOT / "cluster" / "grafana-dashboard.json"
 # Series that must be non-zero after the requests below: (metric, labels it must carry).
 EXPECTED = [
@@ -27,6 +28,7 @@ EXPECTED = [
     ("ray_openai_api_requests_total", {"model": "", "status": "404", "code": "model_not_found"}),
     ("ray_openai_api_tokens_total", {"model": LLM, "kind": "prompt"}),
     ("ray_openai_api_tokens_total", {"model": LLM, "kind": "completion"}),
+    ("ray_openai_api_tokens_total", {"model": EMBEDDING, "kind": "prompt"}),
     ("ray_openai_api_time_to_first_token_seconds_count", {"model": LLM}),
     ("ray_openai_api_request_duration_seconds_count", {"model": LLM, "stream": "false"}),
     ("ray_openai_api_audio_seconds_total", {"model": STT, "route": "/v1/audio/transcriptions"}),
@@ -78,6 +80,7 @@ def scraped(base_url, http, client, metrics_url):
             client.chat.completions.create(**chat, max_tokens=8)
             for _ in client.chat.completions.create(**chat, max_tokens=16, stream=True):
                 pass
+            client.embeddings.create(model=EMBEDDING, input=["Hi", "there"])
             with SPEECH_EN.open("rb") as audio:
                 client.audio.transcriptions.create(model=STT, file=audio)
             left = client.chat.completions.create(

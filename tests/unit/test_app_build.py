@@ -42,17 +42,18 @@ def test_the_same_config_binds_the_same_arguments(monkeypatch):
         assert first["deployment"] == "ingress"
 
 
-def test_whisper_replicas_start_with_openmp_at_cpu_threads():
+def test_whisper_and_embedding_replicas_start_with_openmp_at_cpu_threads():
     """Unset, Ray starts them with OMP_NUM_THREADS=1 (num_cpus 0.25), and CTranslate2 then
-    transcribes otherwise than faster-whisper run by hand with the same ``cpu_threads``."""
+    transcribes otherwise than faster-whisper run by hand with the same ``cpu_threads``; the
+    embedding engine would compute on one thread of two."""
     args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
     config = AppConfig.model_validate(args)
     handles = build_app(config)._bound_deployment.init_args[1]
     for model in config.models:
         actor = handles[model.id]._bound_deployment.ray_actor_options
         env = actor.get("runtime_env", {}).get("env_vars", {})
-        if model.family == "whisper":
+        if model.family in ("whisper", "embedding"):
             assert env == {"OMP_NUM_THREADS": str(model.engine.cpu_threads)}, model.id
         else:
             assert "OMP_NUM_THREADS" not in env, model.id
-    assert {m.family for m in config.models} >= {"whisper", "llm"}
+    assert {m.family for m in config.models} >= {"whisper", "llm", "embedding"}

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from deployments.common.contracts import JSONFrame
 from serve_app.auth import KeyStore, load_keys
 from serve_app.config import AppConfig
-from serve_app.families import FAMILIES
+from serve_app.families import FAMILIES, capabilities_of
 from serve_app.ingress import create_app
 from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
@@ -39,8 +39,11 @@ def config(models=MODELS) -> AppConfig:
 
 
 def test_every_family_declares_what_it_serves():
-    assert set(FAMILIES) >= {"llm", "whisper", "upstream"}
-    assert FAMILIES["upstream"].capabilities == {"chat", "completions"}
+    assert set(FAMILIES) >= {"llm", "whisper", "upstream", "embedding"}
+    assert FAMILIES["upstream"].capabilities == {"chat", "completions", "embeddings"}
+    assert FAMILIES["embedding"].capabilities == {"embeddings"}
+    remote = config().models[2]
+    assert capabilities_of(remote) == {"chat", "completions"}  # unless the model says
     assert FAMILIES["whisper"].usage == "audio" and FAMILIES["llm"].usage == "tokens"
     assert not FAMILIES["upstream"].local_weights
 
@@ -107,7 +110,7 @@ def test_routes_ask_for_a_capability_not_a_family():
     files = {"file": ("a.wav", b"RIFF", "audio/wav")}
     response = client.post("/v1/audio/transcriptions", data={"model": "gpt-4o"}, files=files)
     error = assert_envelope(response, 400, "model_not_supported")
-    assert "remote language model" in error["message"]
+    assert "a remote model" in error["message"]
 
 
 def test_key_scopes_apply_to_upstream_ids():
@@ -131,13 +134,13 @@ def test_example_configs_validate(path):
     AppConfig.model_validate(app["args"])
 
 
-def test_loopback_example_is_the_default_plus_one_upstream_model():
+def test_loopback_example_is_the_default_plus_its_upstream_models():
     def args(path):
         return yaml.safe_load((ROOT / path).read_text())["applications"][0]["args"]
 
     default, loopback = args("serve_config.yaml"), args("examples/loopback-gateway.yaml")
     extra = [m for m in loopback["models"] if m not in default["models"]]
-    assert [m["id"] for m in extra] == ["gpt-4o-mini"]
+    assert [m["id"] for m in extra] == ["gpt-4o-mini", "text-embedding-3-large"]
     loopback["models"] = [m for m in loopback["models"] if m not in extra]
     assert loopback == default
 

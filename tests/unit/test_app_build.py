@@ -57,3 +57,38 @@ def test_whisper_and_embedding_replicas_start_with_openmp_at_cpu_threads():
         else:
             assert "OMP_NUM_THREADS" not in env, model.id
     assert {m.family for m in config.models} >= {"whisper", "llm", "embedding"}
+
+
+def test_embedding_replicas_are_placed_and_scaled_as_llm_replicas(tmp_path):
+    """Fractional GPUs, custom resources and autoscaling reach an embedding deployment as
+    they reach an LLM's (the same DeploymentOptions), with its model's engine arguments."""
+    placement = {
+        "num_cpus": 0.5,
+        "num_gpus": 0.25,
+        "resources": {"llm_node": 0.25},
+        "max_ongoing_requests": 16,
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3},
+    }
+    models = []
+    for family, extra in (("llm", {}), ("embedding", {"dimensions": 384})):
+        (tmp_path / family).mkdir()
+        models.append(
+            {
+                "id": family,
+                "family": family,
+                "source": str(tmp_path / family),
+                "deployment": placement,
+                **extra,
+            }  # fmt: skip
+        )
+    config = AppConfig.model_validate({"models": models})
+    handles = build_app(config)._bound_deployment.init_args[1]
+    llm, embedding = (handles[m]._bound_deployment for m in ("llm", "embedding"))
+    assert embedding.name == "embedding-embedding"
+    assert embedding.ray_actor_options == llm.ray_actor_options
+    assert embedding.ray_actor_options["num_gpus"] == 0.25
+    assert embedding.ray_actor_options["resources"] == {"llm_node": 0.25}
+    assert embedding._deployment_config.autoscaling_config.max_replicas == 3
+    assert embedding._deployment_config.max_ongoing_requests == 16
+    model_id, source, engine, dimensions = embedding.init_args
+    assert (model_id, source, dimensions) == ("embedding", str(tmp_path / "embedding"), 384)

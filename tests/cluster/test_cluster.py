@@ -1,7 +1,8 @@
 """The app on a real multi-node Ray cluster (cluster/local.sh: head, llm and audio nodes).
 
-Placement from Ray's state API, requests through the head's proxy, two LLM replicas sharing
-one node's resource as fractional GPUs do, autoscaling under load and the loss of a node.
+Placement from Ray's state API, requests through the head's proxy, two LLM replicas and an
+embedding replica sharing one node's resource as fractional GPUs do, autoscaling under load
+and the loss of a node.
 Tests run in file order: the node loss comes last.
 """
 
@@ -26,11 +27,13 @@ from tests.waiting import wait_until
 pytestmark = pytest.mark.cluster
 
 LLM = "smollm2-135m-instruct"
+EMBEDDING = "all-minilm-l6-v2"
 # Each deployment and the custom resource of the node kind it must land on.
 PLACEMENT = {
     "ingress": "head_node",
     "rate-limiter": "head_node",
     f"llm-{LLM}": "llm_node",
+    f"embedding-{EMBEDDING}": "llm_node",
     "whisper-whisper-base": "audio_node",
     "whisper-whisper-tiny-en": "audio_node",
     "audio-preprocessor": "audio_node",
@@ -111,12 +114,17 @@ def test_chat_and_audio_answer_through_the_head_proxy(cluster, http):
     assert "fox" in result.text.lower()
 
 
-def test_two_llm_replicas_share_the_llm_node_and_both_serve(cluster):
-    llm = replicas()[f"llm-{LLM}"]
+def test_two_llm_replicas_and_the_embedding_replica_share_the_llm_node_and_serve(cluster):
+    placed = replicas()
+    llm, (embedding,) = placed[f"llm-{LLM}"], placed[f"embedding-{EMBEDDING}"]
     assert len(llm) == 2
-    assert len({r["node_id"] for r in llm}) == 1  # together on one node...
-    assert llm[0]["resources"]["llm_node"] == 1  # ...whose one llm_node unit they split
+    # Together on one node, whose one llm_node unit they split (0.4 + 0.4 + 0.2), as vLLM
+    # replicas with num_gpus fractions share a GPU.
+    assert len({r["node_id"] for r in [*llm, embedding]}) == 1
+    assert embedding["resources"]["llm_node"] == 1
     client = OpenAI(base_url=f"{cluster}/v1", api_key="none", max_retries=0)
+    vectors = client.embeddings.create(model=EMBEDDING, input=["a lighthouse", "a harbour"])
+    assert [len(d.embedding) for d in vectors.data] == [384, 384]
 
     def chat(_: int) -> str:
         reply = client.chat.completions.create(
@@ -142,7 +150,10 @@ def test_two_llm_replicas_share_the_llm_node_and_both_serve(cluster):
         return counts if len([c for c in counts.values() if c > 0]) == 2 else {}
 
     counts = wait_until(served_by, 60, "requests counted on both LLM replicas")
-    report(f"fractional: 2 LLM replicas on one llm node, requests per replica {counts}")
+    report(
+        f"fractional: 2 LLM replicas and 1 embedding replica on one llm node, LLM requests "
+        f"per replica {counts}"
+    )
 
 
 @pytest.mark.timeout(900)

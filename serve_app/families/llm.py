@@ -125,5 +125,6 @@ FAMILY = register(
         transcribes_audio_parts=True,
         check=check,
         backend_body=backend_body,
+        channel=True,
     )
 )

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from serve_app.audio_parts import transcribe_parts
 from serve_app.auth import APIKey, require
+from serve_app.channels import CHANNELS
 from serve_app.pipeline import Finished, admit, registry, run_backend
 from serve_app.protocol.messages import audio_parts
 from serve_app.protocol.openai import ChatCompletionRequest, CompletionRequest, GenerationRequest
@@ -41,11 +42,15 @@ async def prepare(
 def generate_call(model: ServedModel, endpoint: str, payload: dict[str, Any], rid: str):
     """The streaming handle call that runs ``payload`` on the model's deployment.
 
-    Token streams go over Serve's gRPC data plane (``_by_reference=False``): about a third
-    less CPU per streamed chunk in the model replica than Ray object refs (measured per
-    process under bench/vs_vllm.py's load)."""
-    return lambda: model.handle.options(stream=True, _by_reference=False).generate.remote(
-        endpoint, payload, rid
+    Calls go over Serve's gRPC data plane (``_by_reference=False``): about a third less CPU
+    per message in the model replica than Ray object refs (measured per process under
+    bench/vs_vllm.py's load). A family with per-step channels gets its streams' chunks on
+    them (``serve_app/channels.py``)."""
+    generate = model.handle.options(stream=True, _by_reference=False).generate
+    if not model.family.channel:
+        return lambda: generate.remote(endpoint, payload, rid)
+    return lambda: CHANNELS.call(
+        model.handle, lambda caller: generate.remote(endpoint, payload, rid, caller=caller), rid
     )
 
 

@@ -36,8 +36,8 @@ class _Method:
     def __init__(self, fn: Callable[..., Any]) -> None:
         self._fn = fn
 
-    def remote(self, *args: Any) -> Any:
-        return self._fn(*args)
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn(*args, **kwargs)
 
 
 class FakeHandle:
@@ -57,7 +57,7 @@ class FakeHandle:
         if name.startswith("_"):
             raise AttributeError(name)
 
-        def call(*args: Any) -> Any:
+        def call(*args: Any, **_: Any) -> Any:  # e.g. an LLM call's ``caller``
             self.calls.append((name, args))
             if name == "ready":
                 return self._ready()

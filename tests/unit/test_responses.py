@@ -296,7 +296,7 @@ class ContextLimited(FakeHandle):
         outer = self
 
         class Checked:
-            def remote(self, endpoint, payload, rid):
+            def remote(self, endpoint, payload, rid, **_):  # and its `caller`
                 if len(payload["messages"]) > outer.limit:
                     outer.calls.append((name, (endpoint, payload, rid)))
                     from tests.unit.fakes import FakeStream

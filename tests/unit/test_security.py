@@ -176,7 +176,7 @@ class SlowHandle(FakeHandle):
             def cancel(self):
                 handle.cancelled.append(True)
 
-        return type("M", (), {"remote": staticmethod(lambda *a: Slow())})()
+        return type("M", (), {"remote": staticmethod(lambda *a, **k: Slow())})()
 
 
 @pytest.mark.parametrize(
@@ -195,7 +195,7 @@ class FullQueueHandle(FakeHandle):
     """Serve raises BackPressureError from ``.remote()`` itself when the queue is full."""
 
     def __getattr__(self, name):
-        def remote(*args):
+        def remote(*args, **_):
             raise BackPressureError(num_queued_requests=10, max_queued_requests=10)
 
         return type("M", (), {"remote": staticmethod(remote)})()

@@ -92,14 +92,14 @@ class Server:
 
 @contextlib.contextmanager
 def healthy_process(
-    command: list[str], url: str, env: dict[str, str], deadline_s: float = 600
+    command: list[str], url: str, env: dict[str, str], deadline_s: float = 600, cwd: Path = ROOT
 ) -> Iterator[tuple[int, float]]:
     """Run ``command`` in a process group of its own until ``url``/health answers 200:
     ``(pid, seconds until healthy)``. SIGINT (then SIGKILL) stops the whole group after."""
     started = time.monotonic()
     proc = subprocess.Popen(
         command,
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -124,13 +124,19 @@ def healthy_process(
 
 
 @contextlib.contextmanager
-def running_server(deadline_s: float = 600, config: str = "serve_config.yaml") -> Iterator[Server]:
-    """Our app as `make serve` runs it (no API keys), its metrics on port 8081."""
-    http = yaml.safe_load((ROOT / config).read_text())["http_options"]
+def running_server(
+    deadline_s: float = 600, config: str = "serve_config.yaml", root: Path = ROOT
+) -> Iterator[Server]:
+    """Our app as `make serve` runs it (no API keys), its metrics on port 8081. ``root``:
+    another checkout of the app to run instead (e.g. a `git worktree` of an older commit;
+    its code reaches Ray's workers through PYTHONPATH)."""
+    http = yaml.safe_load((root / config).read_text())["http_options"]
     url = f"http://{http['host']}:{http['port']}"
     metrics_port = 8081
     command = [sys.executable, "-m", "serve_app.launch", config]
     command += ["--metrics-port", str(metrics_port)]
     env = {**os.environ, "SERVE_APP_API_KEYS": ""}
-    with healthy_process(command, url, env, deadline_s) as (pid, ready_s):
+    if root != ROOT:
+        env["PYTHONPATH"] = str(root)
+    with healthy_process(command, url, env, deadline_s, cwd=root) as (pid, ready_s):
         yield Server(url, pid, ready_s, f"http://127.0.0.1:{metrics_port}/metrics")

@@ -21,6 +21,11 @@ subtraction can't be made exact for our side: Ray exports histogram sums from bu
 midpoints.)
 
     .venv/bin/python -m bench.vs_vllm [--rounds 3] [--tokens 64] [--only ours|vllm]
+        [--before DIR]
+
+``--before DIR`` adds a third server to every round: our app from another checkout (say
+``git worktree add DIR <commit>``, with DIR/models and DIR/.venv linked to this one's), to
+measure a change before and after in the same rounds.
 """
 
 import argparse
@@ -31,6 +36,7 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from openai import AsyncOpenAI
 
@@ -238,14 +244,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--only", choices=["ours", "vllm"])
+    parser.add_argument("--before", type=Path, help="another checkout of our app, also run")
     args = parser.parse_args()
     servers = {"vllm": vllm_server, "ours": running_server}
+    if args.before:
+        servers["before"] = lambda: running_server(root=args.before.resolve())
     measured: dict[str, list[dict[str, float]]] = {}
     # Rounds alternate (vLLM, ours, vLLM, ...), each on a freshly started server, so a drift
     # in this machine's speed lands on both sides instead of on one.
     for i in range(args.rounds):
         for name, server in servers.items():
-            if args.only in (None, name):
+            if args.only in (None, name) or name == "before":
                 figures = measure_round(server(), args.tokens)
                 cells = ", ".join(f"{k.strip()} {v:.2f}" for k, v in figures.items())
                 print(f"  {name} round {i + 1}: {cells}", flush=True)
@@ -256,12 +265,18 @@ def main() -> int:
     }
     keys = list(dict.fromkeys(k for figures in medians.values() for k in figures))
     print(f"\nmedian of {args.rounds} rounds, {args.tokens} tokens per stream:")
-    print(f"  {'':34} {'vLLM':>9} {'ours':>9} {'ratio':>7}")
+    names = list(medians)
+    ratios = [("ours", other) for other in ("vllm", "before") if other in medians]
+    header = "".join(f"{name:>9}" for name in names)
+    header += "".join(f"{f'{a}/{b}':>13}" for a, b in ratios if a in medians)
+    print(f"  {'':34}{header}")
     for key in keys:
-        theirs, ours = medians.get("vllm", {}).get(key), medians.get("ours", {}).get(key)
-        ratio = f"{ours / theirs:7.2f}" if theirs and ours else ""
-        cells = [f"{v:9.2f}" if v is not None else f"{'-':>9}" for v in (theirs, ours)]
-        print(f"  {key:34} {cells[0]} {cells[1]} {ratio}")
+        values = [medians[name].get(key) for name in names]
+        cells = "".join(f"{v:9.2f}" if v is not None else f"{'-':>9}" for v in values)
+        for a, b in ratios:
+            ours, theirs = medians.get(a, {}).get(key), medians[b].get(key)
+            cells += f"{ours / theirs:13.2f}" if ours and theirs else f"{'':13}"
+        print(f"  {key:34}{cells}")
     return 0
 
 

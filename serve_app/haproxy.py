@@ -13,12 +13,18 @@ Ray would have run (same pid, so Ray's reloads and signals reach it), so that:
   ``errorfile``.)
 - HAProxy's own answers (no ingress replica reachable, a replica gone mid-request, a request
   it cannot parse) are OpenAI error envelopes in JSON, 503 with ``Retry-After``, instead of
-  Ray's plain-text 500 and HAProxy's HTML pages.
+  Ray's plain-text 500 and HAProxy's HTML pages;
+- HAProxy ends when the process that started it (Serve's HAProxyManager actor) ends. Ray's
+  shutdown does not always stop it first, and an HAProxy left behind keeps port 8000,
+  proxying to replicas that are gone: the next `make serve` then answers with broken
+  streams.
 """
 
+import ctypes
 import json
 import os
 import re
+import signal
 import sys
 from http import HTTPStatus
 from pathlib import Path
@@ -86,8 +92,20 @@ def real_binary() -> str:
     return get_haproxy_binary()
 
 
+def die_with_parent() -> None:
+    """Have Linux send SIGTERM (HAProxy's hard stop) to this process when the process that
+    started it ends; the request outlives ``exec``."""
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() == 1:  # the parent ended before the request was made
+        sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    die_with_parent()
     if "-f" in args:
         i = args.index("-f") + 1
         source = Path(args[i])

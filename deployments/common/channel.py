@@ -4,8 +4,10 @@ Every streamed token used to cross the model replica -> ingress hop as a message
 so the cost of an engine step grew with the number of streams in it. Now each ingress
 replica holds one long-lived streaming call per model replica, ``channel``, and a stream's
 chunks after its first travel on it: each message carries every chunk the replica made for
-that ingress since the last one, one per engine step (or more steps, when the ingress falls
-behind), never held back by a timer.
+that ingress since the last one: one per engine step, or several steps' worth when the
+replica's event loop falls behind, never held back by a timer. (Serve's streaming calls
+have no backpressure, so when the ingress itself falls behind, messages wait in its
+process; each still carries a whole step.)
 
 A request still reaches the model through its own handle call, routed by Serve as any
 other (load balancing, ``max_ongoing_requests``, queues, autoscaling, cancellation and a
@@ -40,7 +42,7 @@ Batch = dict[str, list[str | Frame]]
 class Moved:
     """Sent on a stream's call after its first chunk. ``channel``: the rest of the stream
     comes on this caller's channel from ``replica``; else it stays on the call, and the
-    caller should open a channel to ``replica`` for its next streams."""
+    caller should open a channel (Serve decides to which replica) for its next streams."""
 
     replica: str
     channel: bool

@@ -1,7 +1,10 @@
 """``serve_app.haproxy``: the changes to Ray's HAProxy config, and its error answers."""
 
 import json
+import os
 import subprocess
+import sys
+import time
 
 import httpx
 import pytest
@@ -102,3 +105,24 @@ def test_no_reachable_server_is_a_json_503_with_retry_after(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_haproxy_ends_with_the_process_that_started_it():
+    """The wrapper asks Linux to stop HAProxy when its parent (Serve's HAProxyManager) dies,
+    so no HAProxy is left holding port 8000 after Ray shuts down."""
+    child = (
+        "from serve_app.haproxy import die_with_parent; die_with_parent(); "
+        "import time; time.sleep(60)"
+    )
+    parent = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
+        "print(p.pid, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    pid = int(proc.stdout.readline())
+    time.sleep(0.5)  # the child has made its request
+    assert os.path.exists(f"/proc/{pid}")
+    proc.kill()
+    proc.wait()
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 5, "the child to end with its parent")

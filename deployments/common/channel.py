@@ -14,10 +14,10 @@ other (load balancing, ``max_ongoing_requests``, queues, autoscaling, cancellati
 dead replica's errors are Serve's as before). That call (``relay``) yields the first frame
 at once, then a ``Moved`` note: the rest of the stream goes on the channel (``Sent`` counts
 it at the end), or, when this ingress has no channel to the replica yet, stays on the call
-and the ingress opens a channel. A channel call is routed by Serve too; its first message
-names the replica it reached, and a replica that already has a channel from that ingress
-ends the new one at once, so the ingress ends up with one channel to each replica its
-streams reach.
+until one arrives (the ingress opens it on that note). A channel call is routed by Serve
+too; its first message names the replica it reached, and a replica that already has a
+channel from that ingress ends the new one at once, so the ingress ends up with one channel
+to each replica its streams reach.
 
 A channel counts as one ongoing request of its replica, so it ends itself once no stream
 has used it for ``IDLE_CLOSE_S``: a replica told to stop (scale-down, redeploy) is then not
@@ -115,8 +115,10 @@ class Outbox:
     async def relay(
         self, frames: AsyncIterator[Frame], request_id: str, caller: str | None
     ) -> AsyncIterator[Any]:
-        """A call's frames: the first as it comes, then (for a stream whose ``caller`` has
-        a channel here) ``Moved``, the rest on the channel and ``Sent`` at the end."""
+        """A call's frames: the first as it comes; for a stream, then ``Moved`` as soon as
+        its ``caller`` has a channel here (after the first chunk, or later, once the channel
+        the caller opened arrives), the rest on the channel and ``Sent`` at the end. A
+        stream whose caller has no channel here says so after its first chunk."""
         box: _Box | None = None
         sent = 0
         first = True
@@ -127,11 +129,13 @@ class Outbox:
                     sent += 1
                     continue
                 yield frame
-                if first and caller is not None and isinstance(frame, ChunkFrame):
+                if caller is not None and isinstance(frame, ChunkFrame):
                     box = self._boxes.get(caller)
                     if box is not None:
                         box.streams += 1
-                    yield Moved(self.replica, box is not None)
+                        yield Moved(self.replica, True)
+                    elif first:
+                        yield Moved(self.replica, False)
                 first = False
             if box is not None:
                 yield Sent(sent)

@@ -95,7 +95,10 @@ def healthy_process(
     command: list[str], url: str, env: dict[str, str], deadline_s: float = 600, cwd: Path = ROOT
 ) -> Iterator[tuple[int, float]]:
     """Run ``command`` in a process group of its own until ``url``/health answers 200:
-    ``(pid, seconds until healthy)``. SIGINT (then SIGKILL) stops the whole group after."""
+    ``(pid, seconds until healthy)``. After, SIGTERM to the command (a background process
+    started from a script ignores SIGINT), then SIGKILL to the whole group if it has not
+    ended within a minute (which can leave vLLM engine cores running: they are in a group
+    of their own)."""
     started = time.monotonic()
     proc = subprocess.Popen(
         command,
@@ -116,7 +119,7 @@ def healthy_process(
         yield proc.pid, time.monotonic() - started
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
+            os.kill(proc.pid, signal.SIGTERM)
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:

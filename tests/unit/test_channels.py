@@ -125,6 +125,17 @@ async def read_all(call) -> list:
     return [frame async for frame in call]
 
 
+async def connected(steps: Steps) -> tuple[Replica, Handle, Channels]:
+    """A replica, its handle and an ingress's channels, with a channel between them open
+    (a first stream asked for it)."""
+    replica = Replica(steps)
+    handle, channels = Handle(replica), Channels()
+    await read_all(start(channels, handle, "a", 2))
+    while replica.channel_messages == 0:
+        await asyncio.sleep(0.001)
+    return replica, handle, channels
+
+
 def run(test):
     async def main():
         steps = Steps()
@@ -169,11 +180,7 @@ def test_streams_move_to_one_channel_message_per_step():
 
 def test_cancelling_a_moved_stream_aborts_its_generation():
     async def test(steps: Steps) -> None:
-        replica = Replica(steps)
-        handle, channels = Handle(replica), Channels()
-        await read_all(start(channels, handle, "a", 2))
-        while replica.channel_messages == 0:
-            await asyncio.sleep(0.001)
+        replica, handle, channels = await connected(steps)
         call = start(channels, handle, "b", 1000)
         assert isinstance(await call.__anext__(), ChunkFrame)
         assert isinstance(await call.__anext__(), ChunkFrame)
@@ -191,11 +198,7 @@ def test_cancelling_a_moved_stream_aborts_its_generation():
 
 def test_a_replica_error_ends_a_moved_stream():
     async def test(steps: Steps) -> None:
-        replica = Replica(steps)
-        handle, channels = Handle(replica), Channels()
-        await read_all(start(channels, handle, "a", 2))
-        while replica.channel_messages == 0:
-            await asyncio.sleep(0.001)
+        replica, handle, channels = await connected(steps)
         replica.fail_after = 3
         call = start(channels, handle, "b", 10)
         with pytest.raises(RuntimeError, match="replica died"):
@@ -206,11 +209,7 @@ def test_a_replica_error_ends_a_moved_stream():
 
 def test_a_lost_channel_ends_the_streams_on_it():
     async def test(steps: Steps) -> None:
-        replica = Replica(steps)
-        handle, channels = Handle(replica), Channels()
-        await read_all(start(channels, handle, "a", 2))
-        while replica.channel_messages == 0:
-            await asyncio.sleep(0.001)
+        replica, handle, channels = await connected(steps)
         call = start(channels, handle, "b", 1000)
         await call.__anext__()
         await call.__anext__()
@@ -274,11 +273,7 @@ def test_an_idle_channel_ends_and_opens_again(monkeypatch):
     monkeypatch.setattr(channel, "IDLE_CLOSE_S", 0.05)
 
     async def test(steps: Steps) -> None:
-        replica = Replica(steps)
-        handle, channels = Handle(replica), Channels()
-        await read_all(start(channels, handle, "a", 2))
-        while replica.channel_messages == 0:
-            await asyncio.sleep(0.001)
+        replica, handle, channels = await connected(steps)
         slow = Replica(steps)
         slow.outbox = replica.outbox
 

@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 from openai import AsyncOpenAI
 
 from bench.idle import cpu_seconds, machine_busy
@@ -153,8 +154,6 @@ def kind_of(name: str, cmdline: str) -> str | None:
 
 def process_cpu(root: int) -> dict[int, tuple[str, float]]:
     """pid -> (path kind, CPU seconds) for the processes of ``root`` that are reported."""
-    import psutil  # noqa: PLC0415
-
     found = {}
     for pid, (name, seconds) in cpu_seconds(root).items():
         try:

@@ -71,9 +71,9 @@ class _Box:
             self.ready.set()
 
     def close(self) -> None:
+        """After the channel ended: streams still holding the box drop their frames."""
         self.open = False
         self.pending = {}
-        self.ready.set()
 
     async def batches(self) -> AsyncIterator[Batch]:
         while True:
@@ -83,8 +83,6 @@ class _Box:
                 if self.streams == 0:
                     return
                 continue
-            if not self.open:
-                return
             self.ready.clear()
             batch, self.pending = self.pending, {}
             if batch:

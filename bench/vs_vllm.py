@@ -12,7 +12,10 @@ CPU per streamed token, at concurrency 8 and 64: the whole machine's busy time (
 during the load, minus the server's idle rate measured just before (10 s without a request,
 also printed), per content chunk received. For each server, the same per process kind on the
 path (ours: HAProxy, the ingress replica, the LLM replica; vLLM's: its API server), and the
-engine core apart, so the serving path's own cost shows apart from the engine's.
+engine apart, so the serving path's own cost shows apart from the engine's. The engine is one
+process in ours (its engine core runs the model: vLLM's in-process executor) and two in vLLM's
+server on CPU (the engine core, which spins on ``sched_yield`` while it waits, and the
+``VLLM::Worker`` that runs the model: vLLM's CPU platform forces its multiprocess executor).
 
 The round trip of `GET /v1/models` (p50 of 50) is printed too: a request that never reaches
 the engine, so it shows what the HTTP front of each server costs without the engine's
@@ -147,6 +150,8 @@ CPU_AT = (8, 64)
 
 
 def kind_of(name: str, cmdline: str) -> str | None:
+    if "VLLM::Worker" in f"{name} {cmdline}":
+        return "engine worker"
     if "EngineCore" in name or "spawn_main" in cmdline:
         return "engine core"
     return next((label for key, label in PATH_KINDS.items() if key in f"{name} {cmdline}"), None)

@@ -24,6 +24,7 @@ from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from deployments.common.contracts import ErrorFrame, Frame, TextFrame
+from deployments.common.engine import HeldEngine
 from deployments.common.errors import error_frame, validation_error
 
 # vLLM's `param` -> the request field it is about (None: told from the message).
@@ -47,7 +48,7 @@ def engine_args(model_id: str, source: str, options: dict[str, Any]) -> AsyncEng
     )
 
 
-class EmbeddingEngine:
+class EmbeddingEngine(HeldEngine):
     """One vLLM pooling engine and the embedding serving object bound to it."""
 
     def __init__(self, model_id: str, source: str, options: dict[str, Any]) -> None:
@@ -81,15 +82,6 @@ class EmbeddingEngine:
                 f"model makes vectors of {made}; set dimensions: {made}"
             )
         self.dimensions = made
-
-    async def check_health(self) -> None:
-        await self.engine.check_health()
-
-    def num_unfinished_requests(self) -> int:
-        return self.engine.get_num_unfinished_requests()
-
-    def shutdown(self) -> None:
-        self.engine.shutdown()
 
     def _refuse(self, body: dict[str, Any]) -> ErrorFrame | None:
         """A 400 for what this model cannot do; drops a ``dimensions`` equal to its own."""

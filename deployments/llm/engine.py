@@ -36,6 +36,7 @@ from deployments.common.contracts import (
     UsageFrame,
     token_usage,
 )
+from deployments.common.engine import HeldEngine
 from deployments.common.errors import error_frame, validation_error
 from deployments.llm import reasoning
 from deployments.llm.samplers import DRY, XTC, RepeatPenaltyWindow
@@ -92,7 +93,7 @@ def engine_args(model_id: str, source: str, options: dict[str, Any]) -> AsyncEng
     )
 
 
-class VLLMEngine:
+class VLLMEngine(HeldEngine):
     """One vLLM engine and the OpenAI serving objects bound to it."""
 
     def __init__(self, model_id: str, source: str, options: dict[str, Any]) -> None:
@@ -148,16 +149,6 @@ class VLLMEngine:
             online_renderer=self.renderer,
             request_logger=None,
         )
-
-    async def check_health(self) -> None:
-        """Raise if the engine core is dead."""
-        await self.engine.check_health()
-
-    def num_unfinished_requests(self) -> int:
-        return self.engine.get_num_unfinished_requests()
-
-    def shutdown(self) -> None:
-        self.engine.shutdown()
 
     async def _tapped_generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """``AsyncLLM.generate``, reporting the prompt and each finished sequence to the

@@ -21,7 +21,9 @@ NAME = Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 MetaKey = Annotated[str, Field(max_length=64)]
 MetaValue = Annotated[str, Field(max_length=512)]
 TokenId = Annotated[str, Field(pattern=r"^[0-9]{1,9}$")]
-Stop = str | Annotated[list[str], Field(min_length=1, max_length=16)]
+# A stop string is matched against the text at every engine step: its length is bounded.
+StopString = Annotated[str, Field(max_length=1024)]
+Stop = StopString | Annotated[list[StopString], Field(min_length=1, max_length=16)]
 Prompt = (
     str
     | Annotated[list[str], Field(min_length=1)]

@@ -144,6 +144,8 @@ def test_unknown_model_is_404_model_not_found():
         ({**CHAT, "max_tokens": -5}, "max_tokens"),
         ({**CHAT, "stream": "yes please"}, "stream"),
         ({**CHAT, "stop": [1, 2]}, "stop"),
+        ({**CHAT, "stop": "x" * 1025}, "stop"),
+        ({**CHAT, "stop": ["ok", "x" * 50_000]}, "stop[1]"),
         ({**CHAT, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
         ({**CHAT, "messages": ["just text"]}, "messages[0]"),
     ],

@@ -39,6 +39,8 @@ export SERVE_APP_API_KEYS=${SERVE_APP_API_KEYS-}  # unset: no keys, as `make ser
 export RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_HAPROXY_TUNE_BUFSIZE=131072 RAY_AUTH_MODE=token
 # Less work while idle (as RAY_ENV too): Serve's control loop, its metrics flush, log monitor.
 export RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.5 RAY_SERVE_METRICS_EXPORT_INTERVAL_MS=5000 RAY_LOG_MONITOR_MANY_FILES_THRESHOLD=0 LOG_NAME_UPDATE_INTERVAL_S=5
+# A replica's code and its router on the replica's own event loop (as RAY_ENV too).
+export RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0
 export RAY_SERVE_HAPROXY_BINARY_PATH=$ROOT/.venv/bin/serve-app-haproxy RAY_AUTH_TOKEN_PATH=$DIR/auth_token
 
 # Per kind: logical CPUs (reservations; the machine's cores are shared) and custom resources.

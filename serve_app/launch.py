@@ -21,8 +21,10 @@ import yaml
 # envelopes); Ray's token authentication; and less work while idle: Serve's control loop at
 # 2 Hz instead of 10, Serve's cached metrics flushed every 5 s instead of 0.1 s (Ray exports
 # them every 10 s anyway), and Ray's log monitor looking for new log files every 5 s instead
-# of every 0.1 s (bench/idle.py: 0.37 -> 0.25 cores). Why, and what it measured: the README's
-# Configuration and Security sections.
+# of every 0.1 s (bench/idle.py: 0.37 -> 0.25 cores); and a replica's code and its handles'
+# router on the replica's own event loop, not on two threads of their own, so a streamed chunk
+# does not cross threads on its way out (as Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED sets them). Why,
+# and what it measured: the README's Configuration and Security sections.
 RAY_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": "131072",
@@ -31,6 +33,8 @@ RAY_ENV = {
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "5000",
     "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",
     "LOG_NAME_UPDATE_INTERVAL_S": "5",
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }
 HAPROXY_SCRIPT = "serve-app-haproxy"  # the console script of serve_app.haproxy (pyproject)
 # `make serve` alone: a one-node Ray whose node address is 127.0.0.1 (Ray's switch for it is

@@ -85,7 +85,8 @@ CASES: list[tuple[str, str, bytes | None, dict[str, str], int]] = [
     ("POST", CHAT, chat(messages=[{"role": "user", "content": [[[[[[["x"]]]]]]]}]), JSON, 400),
     ("POST", CHAT, chat(model="m" * 100_000), JSON, 400),
     ("POST", CHAT, chat(messages=[{"role": "user", "content": "word " * 20_000}]), JSON, 400),
-    ("POST", CHAT, chat(stop=["x" * 50_000]), JSON, 200),  # legal: a long stop sequence
+    ("POST", CHAT, chat(stop=["x" * 1024]), JSON, 200),  # the longest stop sequence
+    ("POST", CHAT, chat(stop=["x" * 50_000]), JSON, 400),  # matched at every engine step
     # NUL bytes
     ("POST", CHAT, chat(model="smollm2\x00-135m-instruct"), JSON, 404),
     ("POST", CHAT, chat(messages=[{"role": "user\x00", "content": "x"}]), JSON, 400),

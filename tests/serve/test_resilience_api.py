@@ -4,6 +4,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -31,12 +32,13 @@ def replica_pids(deployment: str) -> list[int]:
 
 def serve_replicas() -> dict[str, set[int]]:
     """Deployment name -> PIDs of its live replica processes (Ray titles them
-    ``ray::ServeReplica:<application>:<deployment>``)."""
+    ``ray::ServeReplica:<application>:<deployment>``, plus ``.<method>`` while one runs)."""
     found: dict[str, set[int]] = {}
     for process in psutil.process_iter(["cmdline"]):
         title = _title(process).split()[:1]
         if title and title[0].startswith("ray::ServeReplica:"):
-            found.setdefault(title[0].rsplit(":", 1)[1], set()).add(process.pid)
+            deployment = re.sub(r"\.[a-z_]+$", "", title[0].rsplit(":", 1)[1])
+            found.setdefault(deployment, set()).add(process.pid)
     return found
 
 

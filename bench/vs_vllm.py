@@ -5,9 +5,9 @@ Each round starts vLLM's server, measures it, stops it; then the same with our a
 run serve_config.yaml`), never both at once; rounds alternate so that a drift in the
 machine's speed hits both sides. Same client for both (the official openai SDK,
 asyncio), fixed output length (`ignore_eos`), several rounds. Prints per round and the
-median: TTFT p50/p90 at concurrency 1 (40 streams of 2 tokens), tokens/s of one stream,
-total tokens/s at concurrency 8, 16, 64 and 128, inter-token latency p50/p99 at 16, and
-our/vLLM ratios.
+median: TTFT p50/p90 at concurrency 1 (40 streams of 2 tokens; the p50 again after the
+loads), tokens/s of one stream, total tokens/s at concurrency 8, 16, 64 and 128,
+inter-token latency p50/p99 at 16, and our/vLLM ratios.
 
 CPU per streamed token, at concurrency 8 and 64: the whole machine's busy time (/proc/stat)
 during the load, minus the server's idle rate measured just before (10 s without a request,
@@ -188,11 +188,16 @@ async def load(client: AsyncOpenAI, tokens: int, concurrency: int, streams: int)
     return received
 
 
+async def short_ttfts(client: AsyncOpenAI) -> list[float]:
+    """TTFTs of many short streams, one at a time: from 10 long ones, as this bench used to
+    take them, the p50 moved by tens of ms between rounds."""
+    return [(await one_stream(client, TTFT_TOKENS))[0] for _ in range(TTFT_SAMPLES)]
+
+
 async def measure(url: str, tokens: int, root: int) -> dict[str, float]:
     client = AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
     await one_stream(client, tokens)  # warm-up
-    # TTFT from many short streams: 10 samples moved the p50 by tens of ms between rounds.
-    ttfts = [(await one_stream(client, TTFT_TOKENS))[0] for _ in range(TTFT_SAMPLES)]
+    ttfts = await short_ttfts(client)
     rates = []
     for _ in range(10):
         _, arrivals, _ = await one_stream(client, tokens)
@@ -232,6 +237,11 @@ async def measure(url: str, tokens: int, root: int) -> dict[str, float]:
                     kinds[label] = kinds.get(label, 0.0) + seconds - before[pid][1]
             for label, seconds in sorted(kinds.items()):
                 figures[f"  {label} ms/token, c={concurrency}"] = seconds * per_token
+    # Again after the loads (about 300 streams): a server whose TTFT grows with what it has
+    # served shows it here.
+    figures["TTFT p50 ms, c=1, after the loads"] = 1000 * statistics.median(
+        await short_ttfts(client)
+    )
     await client.close()
     return figures
 

@@ -2,14 +2,13 @@
 
 import asyncio
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from serve_app.log import LOGGER
 from serve_app.pipeline import registry
-from serve_app.registry import ModelRegistry, ServedModel
+from serve_app.registry import ServedModel
 
 logger = logging.getLogger(LOGGER)
 router = APIRouter()
@@ -25,9 +24,8 @@ async def _ready(model: ServedModel, timeout_s: float) -> bool:
 
 
 @router.get("/health")
-async def health(
-    request: Request, models: Annotated[ModelRegistry, Depends(registry)]
-) -> JSONResponse:
+async def health(request: Request) -> JSONResponse:
+    models = registry(request)
     timeout_s = request.app.state.settings.health_timeout_s
     states = await asyncio.gather(*(_ready(m, timeout_s) for m in models.models))
     body = {

@@ -6,17 +6,16 @@ from fastapi import APIRouter, Depends, Request
 
 from serve_app.auth import APIKey, authorize_model, require
 from serve_app.pipeline import registry
-from serve_app.registry import ModelRegistry
 
 router = APIRouter()
 
-Registry = Annotated[ModelRegistry, Depends(registry)]
 Key = Annotated[APIKey | None, Depends(require("models"))]
 
 
 @router.get("/v1/models")
-async def list_models(request: Request, models: Registry, key: Key) -> dict[str, Any]:
+async def list_models(request: Request, key: Key) -> dict[str, Any]:
     await request.app.state.rate_limits.admit(key)
+    models = registry(request)
     allowed = [
         m.card(models.created)
         for m in models.models
@@ -26,10 +25,9 @@ async def list_models(request: Request, models: Registry, key: Key) -> dict[str,
 
 
 @router.get("/v1/models/{model_id:path}")
-async def retrieve_model(
-    request: Request, model_id: str, models: Registry, key: Key
-) -> dict[str, Any]:
+async def retrieve_model(request: Request, model_id: str, key: Key) -> dict[str, Any]:
     await request.app.state.rate_limits.admit(key)
+    models = registry(request)
     model = models.lookup(model_id)
     authorize_model(key, model.id, model.config.aliases)
     return model.card(models.created)

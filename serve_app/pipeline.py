@@ -8,6 +8,7 @@ usage, statuses or timings themselves. Observers: the rate limiter's usage budge
 Prometheus metrics (``serve_app/metrics.py``).
 """
 
+import asyncio
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ from serve_app.registry import ModelRegistry, ServedModel
 logger = logging.getLogger(LOGGER)
 
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer ended"
+SETTLE_TIMEOUT_S = 2.0  # a response's end waits at most this long for its usage to be charged
 _ERROR_BODY_MAX = 16 * 1024  # error envelopes are small; read their ``code`` up to this size
 
 
@@ -51,6 +53,9 @@ class Finished:
     # The work goes on after the HTTP answer (a background response): whoever runs it
     # reports the record (``report``) when it ends, with its usage.
     deferred: bool = False
+    # What observers started that the client's next request must see (a charge to the key's
+    # token budget): awaited before the response's last bytes go out.
+    settling: list[Any] = field(default_factory=list)
 
     def add_usage(self, usage: Usage) -> None:
         for name, amount in usage.items():
@@ -127,10 +132,12 @@ class Recorder:
                     error_body.extend(body)
                 complete = not message.get("more_body", False)
                 if complete:
-                    # The observers hear of the request before its client sees the end, so
-                    # that the client's next request is admitted against what this one used
-                    # (a token budget spent by this response refuses the very next request).
+                    # The observers hear of the request, and what they start for it lands,
+                    # before its client sees the end: the client's next request is admitted
+                    # against what this one used (a token budget spent by this response
+                    # refuses the very next request, whichever ingress replica it reaches).
                     finish()
+                    await settle(record)
             await send(message)
 
         try:
@@ -141,6 +148,16 @@ class Recorder:
         finally:
             if not reported:
                 finish()
+
+
+async def settle(record: Finished) -> None:
+    """Wait (up to ``SETTLE_TIMEOUT_S``) for what the observers started for ``record``."""
+    if not record.settling:
+        return
+    try:
+        await asyncio.wait_for(asyncio.gather(*record.settling), SETTLE_TIMEOUT_S)
+    except Exception:  # the answer still goes out; the charge may land late or not at all
+        logger.warning("usage not recorded in time [request_id=%s]", record.request_id)
 
 
 def report(observers: list[Observer], record: Finished) -> None:

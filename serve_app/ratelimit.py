@@ -113,10 +113,11 @@ class RateLimits:
         """Pipeline observer: nothing to do (``admit`` above already counted the request)."""
 
     def finished(self, record: Any) -> None:
-        """Pipeline observer: charge a finished request's usage to its key's budgets."""
+        """Pipeline observer: charge a finished request's usage to its key's budgets (the
+        pipeline awaits the calls before the response ends: ``Finished.settling``)."""
         key = record.key
         if key is None or self.handle is None:
             return
         for kind, amount in record.charges().items():
             if getattr(key.limits, KINDS[kind]) is not None:
-                self.handle.record.remote(key.name, kind, amount)
+                record.settling.append(self.handle.record.remote(key.name, kind, amount))

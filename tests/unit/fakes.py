@@ -1,5 +1,6 @@
 """A fake DeploymentHandle for unit tests of ingress logic (never used end to end)."""
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -88,8 +89,10 @@ class LocalHandle:
             return method(*args)
 
         def remote(*args: Any) -> Any:
-            if name == "record":  # fire-and-forget in the ingress
-                return method(*args)
+            if name == "record":  # made at once; the ingress awaits it only while its client waits
+                done = asyncio.get_running_loop().create_future()
+                done.set_result(method(*args))
+                return done
             return call(*args)
 
         return _Method(remote)

@@ -3,6 +3,7 @@
 import asyncio
 import hashlib
 import logging
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -226,6 +227,34 @@ def test_cors_is_off_by_default_and_configurable():
     opened = make_client(FakeHandle(OK), extra={"cors_allow_origins": ["https://app.example"]})
     response = opened.options("/v1/chat/completions", headers=preflight)
     assert response.headers["access-control-allow-origin"] == "https://app.example"
+
+
+class LateRecord(LocalHandle):
+    """The limiter's handle, with ``record`` calls that land 0.2 s after they are made, as a
+    call on its way to the limiter replica may: the charge is not done when ``remote``
+    returns."""
+
+    def __getattr__(self, name: str):
+        if name != "record":
+            return super().__getattr__(name)
+
+        async def later(*args):
+            await asyncio.sleep(0.2)
+            self.target.record(*args)
+
+        return SimpleNamespace(remote=lambda *args: asyncio.ensure_future(later(*args)))
+
+
+def test_a_spent_token_budget_refuses_the_very_next_request():
+    """The response ends only once its usage is charged: the client's next request sees it."""
+    key = scoped(limits={"requests_per_minute": 100, "tokens_per_minute": 15})
+    limiter = LateRecord(RateLimiter())
+    client = make_client(FakeHandle(OK), key_records=[key], limiter=limiter)
+    headers = bearer("s3cret")
+    assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
+    assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
+    limited = client.post("/v1/chat/completions", json=CHAT, headers=headers)
+    assert_envelope(limited, 429, "rate_limit_exceeded")
 
 
 def test_audio_seconds_per_minute_limit():

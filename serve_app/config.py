@@ -5,7 +5,7 @@ fails ``serve run``/``serve deploy`` with pydantic's message instead of a replic
 """
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -159,10 +159,52 @@ class ModelGroupConfig(ModelsDir):
     models: list[ModelConfig] = Field(min_length=1)
 
 
+class NodeKind(StrictModel):
+    """One kind of Ray node, as ``ray start`` declares it (``--num-cpus``, ``--num-gpus``,
+    ``--resources``), and how many of them the cluster has."""
+
+    name: str = Field(description="What the kind is called (in the plan's messages).")
+    count: int = Field(1, ge=1, description="Nodes of this kind.")
+    num_cpus: float = Field(ge=0, description="Logical CPUs of each node (`--num-cpus`).")
+    num_gpus: float = Field(0, ge=0, description="GPUs of each node (`--num-gpus`).")
+    resources: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="Custom resources of each node (`--resources`)."
+    )
+
+    def capacity(self) -> dict[str, float]:
+        """Resources of one node, named as Ray names them (``CPU``, ``GPU``, custom)."""
+        return {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}
+
+
+class ClusterOptions(StrictModel):
+    """The Ray cluster a config is planned for: ``serve_app.plan`` checks that every
+    deployment's ``min_replicas`` stays schedulable while every other is at ``max_replicas``."""
+
+    nodes: list[NodeKind] = Field(
+        default_factory=list, description="The cluster's nodes, by kind (a fixed-size cluster)."
+    )
+    autoscaling: bool = Field(
+        False,
+        description="The cluster adds nodes on demand (Ray's autoscaler, KubeRay): its size is "
+        "not known, so the plan cannot check it.",
+    )
+
+    @model_validator(mode="after")
+    def _nodes_or_autoscaling(self) -> "ClusterOptions":
+        if bool(self.nodes) == self.autoscaling:
+            raise ValueError("cluster: give either its `nodes` or `autoscaling: true`")
+        return self
+
+
 class AppConfig(FrontOptions):
     """The whole application: the models and the ingress deployment."""
 
     models: list[ModelConfig] = Field(min_length=1, description="Models to serve.")
+    cluster: ClusterOptions | None = Field(
+        None,
+        description="The Ray cluster this config is for (`make serve` starts its one node); "
+        "unset, the plan cannot check that a crashed deployment can come back.",
+    )
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "AppConfig":

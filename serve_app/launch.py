@@ -82,12 +82,25 @@ def main(argv: list[str] | None = None) -> None:
     import ray  # noqa: PLC0415
     from ray.serve.scripts import cli  # noqa: PLC0415
 
-    from serve_app.plan import plan  # noqa: PLC0415  (imports Ray)
+    from serve_app.capacity import local_node  # noqa: PLC0415  (imports Ray)
+    from serve_app.plan import plan  # noqa: PLC0415
 
+    # The plan first: a config that can starve a deployment is refused before Ray starts.
+    config = yaml.safe_load(Path(args.config).read_text())
+    notes: list[str] = []
+    try:
+        planned_config = plan(config, notes)
+    except ValueError as exc:
+        parser.exit(2, f"{args.config}: {exc}\n")
+    for note in notes:
+        print(f"==> warning: {note}", file=sys.stderr, flush=True)
+    # Ray's node is the one the config's `cluster` states (the one the plan checked); without
+    # one, Ray counts this machine's cores.
     ray.init(
         address="local",
         namespace="serve",
         _metrics_export_port=args.metrics_port,
+        **(local_node(config) or {}),
     )
     # SIGTERM (a process manager, `kill`) stops like Ctrl-C: serve run shuts the app down.
     # Set after ray.init, which installs a handler of its own.
@@ -97,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     # changed plan restarts only what changed.
     with tempfile.TemporaryDirectory(prefix="serve-app-") as tmp:
         planned = Path(tmp) / "plan.yaml"
-        planned.write_text(yaml.safe_dump(plan(yaml.safe_load(Path(args.config).read_text()))))
+        planned.write_text(yaml.safe_dump(planned_config))
         try:
             cli.main(args=["run", str(planned)], prog_name="serve", standalone_mode=False)
         except KeyboardInterrupt:

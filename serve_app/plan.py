@@ -13,7 +13,10 @@ option of any model changes. The plan turns each application of a config that us
   ``whisper-<id>``, ``upstream-<provider>``), without a route: ``build_models`` with that
   deployment's models as written.
 
-The config is validated whole first (the same checks ``build_app`` makes). Everything else
+The config is validated whole first (the same checks ``build_app`` makes), then checked
+against the cluster its ``cluster`` section states: a config whose scaled-up replicas could
+leave a crashed deployment nowhere to start is refused (``serve_app/capacity.py``; the
+section itself goes to no application). Everything else
 in the config is kept as it is. ``make serve`` and ``cluster/local.sh`` deploy the plan;
 ``serve deploy`` of the plan's output does the same on any cluster.
 """
@@ -26,28 +29,36 @@ from typing import Any
 
 import yaml
 
+from serve_app import capacity
 from serve_app.config import AppConfig
 from serve_app.families import family_of
 
 BUILD_APP = "serve_app.app:build_app"
 
 
-def plan(serve_config: dict[str, Any]) -> dict[str, Any]:
-    """The split of ``serve_config`` (a Serve config as a dict)."""
+def plan(serve_config: dict[str, Any], notes: list[str] | None = None) -> dict[str, Any]:
+    """The split of ``serve_config`` (a Serve config as a dict). ``ValueError`` if it is
+    invalid, or can leave a crashed deployment unschedulable on the cluster it states
+    (``serve_app/capacity.py``); why that could not be checked is appended to ``notes``."""
     applications = []
     for app in serve_config.get("applications", []):
-        applications.extend(_split(app) if app.get("import_path") == BUILD_APP else [app])
+        if app.get("import_path") != BUILD_APP:
+            applications.append(app)
+            continue
+        applications.extend(_split(app, notes if notes is not None else []))
     names = [app["name"] for app in applications]
     if clash := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"two applications would be named {clash}: rename the application")
     return {**serve_config, "applications": applications}
 
 
-def _split(app: dict[str, Any]) -> list[dict[str, Any]]:
+def _split(app: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
     args = app.get("args") or {}
     config = AppConfig.model_validate(args)
     written = {model["id"]: model for model in args["models"]}
     overrides = {d["name"]: d for d in app.get("deployments", [])}
+    if note := capacity.check(config, overrides):
+        notes.append(f"application {app.get('name')!r}: {note}")
     shared = {k: app[k] for k in ("runtime_env",) if k in app}
     model_apps, served_by = [], {}
     groups: dict[str, list[Any]] = {}
@@ -73,7 +84,7 @@ def _split(app: dict[str, Any]) -> list[dict[str, Any]]:
             served_by.update({m.id: name for m in group})
     ingress = dict(overrides.pop("ingress", {"name": "ingress"}))
     ingress["user_config"] = {"models": list(written.values()), "deployments": served_by}
-    front_args = {k: v for k, v in args.items() if k != "models"}
+    front_args = {k: v for k, v in args.items() if k not in ("models", "cluster")}
     front_args["speech"] = bool(config.models_that("transcriptions"))
     front = {
         **app,
@@ -88,7 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path, help="a Serve config file, e.g. serve_config.yaml")
     args = parser.parse_args(argv)
-    split = plan(yaml.safe_load(args.config.read_text()))
+    notes: list[str] = []
+    try:
+        split = plan(yaml.safe_load(args.config.read_text()), notes)
+    except ValueError as exc:
+        parser.exit(2, f"{args.config}: {exc}\n")
+    for note in notes:
+        print(f"warning: {args.config}: {note}", file=sys.stderr)
     yaml.safe_dump(split, sys.stdout, sort_keys=False, width=100)
 
 

@@ -4,7 +4,6 @@
 The app runs with API keys set, so the same session also proves the 401 paths.
 """
 
-import copy
 import hashlib
 import os
 import socket
@@ -75,23 +74,47 @@ def session_args(args: dict, port: int | None = None) -> dict:
     return args
 
 
-# whisper-tiny.en's autoscaling as a `deployments` override from the start, with the values
-# its config gives it: tests rescale it by changing these values, which Serve applies without
-# a restart. (Adding or removing an override that has an `autoscaling_config` changes the code
-# version Serve gives the application: see the README's Deploying and redeploying.)
-TINY_AUTOSCALING = {
-    "name": "whisper-whisper-tiny-en",
-    "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
-}
+# The deployments tests rescale (test_resilience_api.py), as `deployments` overrides from the
+# start with the autoscaling their config gives them: tests rescale one by changing these
+# values (`rescaled`), which Serve applies without a restart. (Adding or removing an override
+# that has an `autoscaling_config` changes the code version Serve gives the application: see
+# the README's Deploying and redeploying.)
+RESCALABLE = ("whisper-whisper-base", "whisper-whisper-tiny-en", "audio-preprocessor")
+
+
+def autoscaling_overrides(args: dict) -> list[dict]:
+    """``RESCALABLE``'s overrides, with the values ``args`` give them."""
+    from serve_app.options import deployment_name
+
+    found = {"audio-preprocessor": args["audio"]["deployment"]["autoscaling_config"]}
+    for model in args["models"]:
+        if "deployment" in model:
+            name = deployment_name(model["id"], model["family"])
+            found[name] = model["deployment"]["autoscaling_config"]
+    return [{"name": name, "autoscaling_config": dict(found[name])} for name in RESCALABLE]
+
+
+def rescaled(replicas: dict[str, int]):
+    """A change of the session's config (see ``session_config``) that pins each deployment of
+    ``replicas`` (names in ``RESCALABLE``) to that many replicas."""
+
+    def change(config: dict) -> None:
+        (app,) = config["applications"]
+        for override in app["deployments"]:
+            if override["name"] in replicas:
+                n = replicas[override["name"]]
+                override["autoscaling_config"].update(min_replicas=n, max_replicas=n)
+
+    return change
 
 
 def session_config(port: int) -> dict:
     """The Serve config the session deploys: the shipped example with ``TEST_OVERRIDES`` and
-    ``TINY_AUTOSCALING``."""
+    the ``RESCALABLE`` deployments' autoscaling as overrides."""
     config = yaml.safe_load((ROOT / "examples/loopback-gateway.yaml").read_text())
     (app,) = config["applications"]
     session_args(app["args"], port)
-    app["deployments"] = [copy.deepcopy(TINY_AUTOSCALING)]
+    app["deployments"] = autoscaling_overrides(app["args"])
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     return config
 
@@ -145,10 +168,14 @@ def base_url() -> Iterator[str]:
 
     port, metrics_port = free_port(), free_port()
 
+    from serve_app.capacity import local_node
+
     temp_dir = Path(tempfile.gettempdir()) / f"ray-openai-serve-{os.getuid()}"
     ray.init(
         address="local",
-        num_cpus=4,  # fractional reservations of ingress + replicas exceed 2 real cores
+        # The node the config states, as `make serve` starts it: the plan checked that every
+        # deployment at min fits beside all others at max on it (test_resilience_api.py).
+        **local_node(session_config(port)),
         include_dashboard=False,
         _temp_dir=str(temp_dir),
         _metrics_export_port=metrics_port,  # as `make serve` does (serve_app/launch.py)

@@ -90,6 +90,38 @@ def test_rayservice_serves_the_cluster_tests_config_on_nodes_with_its_resources(
     options += [m.deployment for m in args.models]
     used = {name for o in options for name in o.resources}
     assert used == declared == {"head_node", "llm_node", "audio_node"}
+    # The cluster the plan checks the config against is the one these groups start.
+    stated = {
+        (node.count, node.num_cpus, json.dumps(node.resources, sort_keys=True))
+        for node in args.cluster.nodes
+    }
+    started = set()
+    for group in groups:
+        params = group["rayStartParams"]
+        resources = {k: float(v) for k, v in json.loads(json.loads(params["resources"])).items()}
+        started.add(
+            (
+                group.get("replicas", 1),
+                float(params["num-cpus"]),
+                json.dumps(resources, sort_keys=True),
+            )
+        )
+    assert stated == started
+
+
+def test_the_local_cluster_config_states_the_nodes_local_sh_starts():
+    script = (CLUSTER / "local.sh").read_text()
+    cpus = dict(re.findall(r"\[(\w+)\]=(\d+)", re.search(r"declare -A CPUS=\((.*)\)", script)[1]))
+    resources = dict(
+        re.findall(r"\[(\w+)\]='([^']*)'", re.search(r"declare -A RESOURCES=\((.*)\)", script)[1])
+    )
+    local = yaml.safe_load((CLUSTER / "serve_config.local.yaml").read_text())
+    (app,) = local["applications"]
+    nodes = AppConfig.model_validate(app["args"]).cluster.nodes
+    assert {n.name: (n.count, n.num_cpus, n.resources) for n in nodes} == {
+        kind: (1, float(cpus[kind]), {k: float(v) for k, v in json.loads(resources[kind]).items()})
+        for kind in cpus
+    }
 
 
 def test_every_cluster_launcher_sets_the_ray_environment_make_serve_sets():

@@ -61,7 +61,8 @@ async def transcribe_parts(
 
         def call() -> Any:
             decoded = models.preprocessor.decode.remote(data)
-            return stt.handle.options(stream=True).transcribe.remote(decoded, TRANSCRIBE)
+            params = {**TRANSCRIBE, "request_id": request_id}
+            return stt.handle.options(stream=True).transcribe.remote(decoded, params)
 
         frame = await first_frame(
             call,

@@ -11,6 +11,7 @@ Nothing is committed but this script; the audio is made when a test or benchmark
 
 import functools
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -197,6 +198,24 @@ ACCURACY = ("lighthouse", "workshop", "bread-and-river", "german")  # word error
 
 def espeak_available() -> bool:
     return shutil.which("espeak-ng") is not None
+
+
+def require_espeak(what: str, *, allow_module_level: bool = False) -> None:
+    """For a test that renders ``what`` with espeak-ng: without it, skip (offline, before
+    ``make test`` has installed it), except in CI (the ``CI`` environment variable set),
+    where it must be there: fail, as the PostgreSQL fixture does, so a CI run cannot pass
+    with these tests skipped. Module level (``allow_module_level``): fails the collection."""
+    if espeak_available():
+        return
+    import pytest  # noqa: PLC0415 - tests only; the benches use this module too
+
+    if os.environ.get("CI"):
+        message = f"CI needs espeak-ng to render {what}: `make test` installs it"
+        pytest.fail(message, pytrace=False)
+    pytest.skip(
+        f"no espeak-ng to render {what} (`make test` installs it)",
+        allow_module_level=allow_module_level,
+    )
 
 
 def speak(text: str, voice: str, speed: int) -> np.ndarray:

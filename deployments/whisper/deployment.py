@@ -13,6 +13,7 @@ calls its batches stayed at one window.)
 """
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -31,12 +32,24 @@ logger = logging.getLogger("ray.serve.deployments.whisper")
 class Batcher:
     """Continuous batching of windows onto one model thread (see the module docstring)."""
 
-    def __init__(self, run: Any, max_batch_size: int, wait_s: float, on_batch: Any = None) -> None:
+    def __init__(
+        self,
+        run: Any,
+        max_batch_size: int,
+        wait_s: float,
+        on_batch: Any = None,
+        remembered: int = 256,
+    ) -> None:
         self.run = run  # windows -> results, blocking (in the model thread)
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s  # an idle model waits this long for a batch to fill
         self.on_batch = on_batch
-        self.queue: list[tuple[Any, asyncio.Future]] = []
+        self.queue: list[tuple[Any, asyncio.Future, str | None]] = []  # window, result, request
+        # Per request id, the last ``remembered`` requests to have a window decoded:
+        # {"windows": handed to the model, "shared": of them, in a call that also held
+        # windows of another request}.
+        self.requests: dict[str, dict[str, int]] = {}
+        self.remembered = remembered
         self.arrived = asyncio.Event()
         self.model_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="whisper-model"
@@ -44,10 +57,12 @@ class Batcher:
         self.worker: asyncio.Task | None = None
         self.busy = False
 
-    async def submit(self, window: Any) -> Any:
-        """Decode ``window`` in the next batch; cancelling drops it if not started."""
+    async def submit(self, window: Any, request: str | None = None) -> Any:
+        """Decode ``window`` (of the request with id ``request``: counted in ``requests``;
+        ``None``: of a request of its own, not counted) in the next batch; cancelling drops
+        it if not started."""
         future = asyncio.get_running_loop().create_future()
-        self.queue.append((window, future))
+        self.queue.append((window, future, request))
         self.arrived.set()
         if self.worker is None:
             self.worker = asyncio.create_task(self._work())
@@ -65,24 +80,37 @@ class Batcher:
                 del self.queue[: self.max_batch_size]
                 if not batch:
                     continue
+                windows = [window for window, _, _ in batch]
+                self._count([request for _, _, request in batch])
                 if self.on_batch:
-                    self.on_batch([window for window, _ in batch])
+                    self.on_batch(windows)
                 self.busy = True
                 try:
-                    results = await loop.run_in_executor(
-                        self.model_thread, self.run, [window for window, _ in batch]
-                    )
+                    results = await loop.run_in_executor(self.model_thread, self.run, windows)
                 except Exception as exc:  # every caller of the batch gets the error
                     results = [exc] * len(batch)
                 finally:
                     self.busy = False
-                for (_, future), result in zip(batch, results, strict=True):
+                for (_, future, _), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
                     if isinstance(result, Exception):
                         future.set_exception(result)
                     else:
                         future.set_result(result)
+
+    def _count(self, owners: list[str | None]) -> None:
+        """Add a model call's windows, by the request each belongs to, to ``requests``."""
+        for request, windows in collections.Counter(owners).items():
+            if request is None:
+                continue
+            counts = self.requests.pop(request, None) or {"windows": 0, "shared": 0}
+            counts["windows"] += windows
+            if windows < len(owners):  # the call held windows of another request too
+                counts["shared"] += windows
+            self.requests[request] = counts  # the most recent last
+        while len(self.requests) > self.remembered:
+            del self.requests[next(iter(self.requests))]
 
 
 class WhisperDeployment:
@@ -155,7 +183,8 @@ class WhisperDeployment:
         or, with ``params["stream"]``, a ``transcript.text.delta`` chunk per segment and a
         final ``transcript.text.done`` carrying the full text. A request's 30-second windows
         decode one after another (each in a batch with other requests' windows), so a
-        cancelled call stops between windows.
+        cancelled call stops between windows. ``params["request_id"]`` (the ingress's request
+        id, optional) names the request in ``stats()["requests"]``.
         """
         refusal = self._refuse(params) if not isinstance(audio, ErrorFrame) else audio
         if refusal is not None:
@@ -185,7 +214,7 @@ class WhisperDeployment:
         self, audio: DecodedAudio, params: dict[str, Any]
     ) -> AsyncIterator[Frame]:
         loop = asyncio.get_running_loop()
-        batcher = self.batcher
+        batcher, request_id = self.batcher, params.get("request_id")
         pending: set[concurrent.futures.Future] = set()
         cancelled = threading.Event()  # the call is over: the walk submits no more windows
 
@@ -193,7 +222,7 @@ class WhisperDeployment:
             """In this request's thread: wait for the batcher to decode ``windows``."""
 
             async def decode_all() -> list[Any]:
-                return list(await asyncio.gather(*(batcher.submit(w) for w in windows)))
+                return list(await asyncio.gather(*(batcher.submit(w, request_id) for w in windows)))
 
             if cancelled.is_set():
                 raise concurrent.futures.CancelledError
@@ -250,14 +279,17 @@ class WhisperDeployment:
 
     async def stats(self) -> dict[str, Any]:
         """Transcriptions in progress, whether the model is decoding, 30-second windows handed
-        to the model, the batch sizes reached (windows per call -> calls) and the batches that
-        held windows of different kinds (task, language, options) on this replica."""
+        to the model, the batch sizes reached (windows per call -> calls), the batches that
+        held windows of different kinds (task, language, options) on this replica, and per
+        request id (the last 256 requests) ``{"windows", "shared"}``: its windows handed to
+        the model, and how many of them went in a call that also held another request's."""
         return {
             "active": self.active,
             "decoding": self.batcher.busy,
             "windows_decoded": self.windows_decoded,
             "mixed_batches": self.mixed_batches,
             "batch_sizes": dict(sorted(self.batch_sizes.items())),
+            "requests": {request: dict(n) for request, n in self.batcher.requests.items()},
         }
 
     async def ready(self) -> str:

@@ -4,6 +4,14 @@ Items are ``message`` (input or output content parts), ``function_call``,
 ``function_call_output`` and ``reasoning``; ``stored_items`` gives them ids and the shapes
 OpenAI lists them in, and ``to_messages`` turns stored items (history and input) into the
 chat messages the model runs.
+
+An ``input_audio`` part is transcribed once. The ingress keeps its transcript in the stored
+part itself, under the private key ``TRANSCRIPT`` (``keep_transcripts``), so the text lives and
+goes with the audio it came from (deleted with its response or conversation item, no table of
+its own to expire) and each later turn of the chain or conversation sends that text instead
+of the audio (``to_messages``): no second Whisper call, no second charge of its audio seconds.
+No request model accepts the key (an unknown field is a 400), so a client cannot set it, and
+``public_items`` strips it from every item a client gets back, which stays as it was given.
 """
 
 import uuid
@@ -12,7 +20,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field
 
 from serve_app.errors import APIError
-from serve_app.protocol.messages import AUDIO_FORMATS
+from serve_app.protocol.messages import AudioData
 from serve_app.protocol.strict import Strict, tagged
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
@@ -43,11 +51,6 @@ class InputFile(Strict):
     file_data: str | None = None
     file_url: str | None = None
     filename: str | None = None
-
-
-class AudioData(Strict):
-    data: str = Field(description="Base64-encoded audio.")
-    format: Literal[AUDIO_FORMATS]  # type: ignore[valid-type]
 
 
 class InputAudio(Strict):
@@ -179,6 +182,42 @@ def stored_items(items: list[Any]) -> list[dict[str, Any]]:
     return stored
 
 
+TRANSCRIPT = "_transcript"  # a stored input_audio part's transcript (see the module's doc)
+
+
+def untranscribed(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``input_audio`` parts of ``items`` with no transcript yet, in the order
+    ``to_messages`` sends them to chat (as ``messages.audio_parts`` finds them there)."""
+    return [
+        part
+        for item in items
+        if item["type"] == "message" and item["role"] != "assistant"
+        for part in item["content"]
+        if part["type"] == "input_audio" and TRANSCRIPT not in part
+    ]
+
+
+def keep_transcripts(parts: list[dict[str, Any]], texts: list[str | None]) -> None:
+    """Put each transcript on its stored part (``untranscribed``'s, in its order); None (a
+    part a model took as audio) leaves the part as it is."""
+    for part, text in zip(parts, texts, strict=True):
+        if text is not None:
+            part[TRANSCRIPT] = text
+
+
+def public_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stored items as clients get them back: as they were given, without the transcripts
+    kept on their ``input_audio`` parts."""
+    shown = []
+    for item in items:
+        parts = item.get("content") if item["type"] == "message" else None
+        if any(TRANSCRIPT in part for part in parts or ()):
+            parts = [{k: v for k, v in part.items() if k != TRANSCRIPT} for part in parts]
+            item = {**item, "content": parts}
+        shown.append(item)
+    return shown
+
+
 _ID_PREFIX = {
     "message": "msg",
     "function_call": "fc",
@@ -239,14 +278,20 @@ def to_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             parts = item["content"]
             if any(part["type"] == "input_audio" for part in parts):
-                content: Any = [
-                    {"type": "input_audio", "input_audio": part["input_audio"]}
-                    if part["type"] == "input_audio"
-                    else {"type": "text", "text": part["text"]}
-                    for part in parts
-                ]
+                content: Any = [_user_part(part) for part in parts]
             else:
                 content = _text(parts)
             messages.append({"role": item["role"], "content": content})
             reasoning.clear()
     return messages
+
+
+def _user_part(part: dict[str, Any]) -> dict[str, Any]:
+    """A content part of a message with audio, as chat takes it: an ``input_audio`` part
+    stays audio (to be transcribed) unless it has its transcript, which goes as the text part
+    that replaced it when it was first transcribed."""
+    if part["type"] != "input_audio":
+        return {"type": "text", "text": part["text"]}
+    if TRANSCRIPT in part:
+        return {"type": "text", "text": part[TRANSCRIPT]}
+    return {"type": "input_audio", "input_audio": part["input_audio"]}

@@ -32,14 +32,16 @@ class ImagePart(Strict):
     prompt_cache_breakpoint: dict[str, Any] | None = None
 
 
-class InputAudio(Strict):
+class AudioData(Strict):
+    """The ``input_audio`` object of an audio part, in chat and in Responses input alike."""
+
     data: str = Field(description="Base64-encoded audio.")
     format: Literal[AUDIO_FORMATS]  # type: ignore[valid-type]
 
 
 class AudioPart(Strict):
     type: Literal["input_audio"]
-    input_audio: InputAudio
+    input_audio: AudioData
     prompt_cache_breakpoint: dict[str, Any] | None = None
 
 

@@ -55,7 +55,7 @@ async def _speech(task: str, request: Request, key: APIKey | None) -> Response:
     data = await upload.read()
     if len(data) > limits.max_upload_bytes:
         raise too_large(limits.max_upload_bytes, len(data))
-    payload = params.to_backend()
+    payload = {**params.to_backend(), "request_id": record.request_id}
 
     def call():
         decoded = models.preprocessor.decode.remote(data)

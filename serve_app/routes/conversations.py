@@ -9,15 +9,15 @@ output to it (``routes/responses.py``). Conversations last until deleted.
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from serve_app.auth import APIKey, require
-from serve_app.protocol.items import InputItem, check_items, new_id, stored_items
+from serve_app.protocol.items import InputItem, check_items, new_id, public_items, stored_items
 from serve_app.protocol.openai import MetaKey, MetaValue
 from serve_app.protocol.strict import Strict
-from serve_app.routes.stored import Order, not_found, owner_of, page, store_call
+from serve_app.routes.stored import Listing, not_found, owner_of, page, store_call
 
 router = APIRouter()
 Key = Annotated[APIKey | None, Depends(require("conversations"))]
@@ -83,20 +83,12 @@ async def delete_conversation(conversation_id: str, request: Request, key: Key):
 
 
 @router.get("/v1/conversations/{conversation_id}/items")
-async def list_items(
-    conversation_id: str,
-    request: Request,
-    key: Key,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Order = "desc",
-    include: Annotated[list[str] | None, Query()] = None,
-):
-    """The conversation's items, newest first unless ``order=asc``."""
+async def list_items(conversation_id: str, request: Request, key: Key, query: Listing):
+    """The conversation's items, as given, newest first unless ``order=asc`` (``ListQuery``)."""
     items = await store_call(request, "conversation_items", owner_of(key), conversation_id)
     if items is None:
         raise _missing(conversation_id)
-    return JSONResponse(page(items, after, limit, order))
+    return JSONResponse(query.page(public_items(items)))
 
 
 @router.post("/v1/conversations/{conversation_id}/items")
@@ -113,7 +105,7 @@ async def get_item(conversation_id: str, item_id: str, request: Request, key: Ke
     found = await store_call(request, "get_item", owner_of(key), conversation_id, item_id)
     if found is None:
         raise not_found("Item", item_id, "item_id")
-    return JSONResponse(found)
+    return JSONResponse(public_items([found])[0])
 
 
 @router.delete("/v1/conversations/{conversation_id}/items/{item_id}")

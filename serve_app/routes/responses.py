@@ -12,6 +12,8 @@ response (``Background``, at the end) runs on without its client.
 """
 
 import asyncio
+import contextlib
+import copy
 import json
 import logging
 import time
@@ -30,13 +32,20 @@ from serve_app.dispatch import cancel_call, open_call, rest_frames
 from serve_app.errors import APIError, error_response
 from serve_app.log import LOGGER
 from serve_app.pipeline import registry
-from serve_app.protocol.items import new_id, to_messages
+from serve_app.protocol.items import (
+    keep_transcripts,
+    new_id,
+    public_items,
+    to_messages,
+    untranscribed,
+)
+from serve_app.protocol.messages import TextPart, audio_parts
 from serve_app.protocol.openai import ChatCompletionRequest
 from serve_app.protocol.responses import INCLUDE as Include
 from serve_app.protocol.responses import ResponseRequest, response_param
 from serve_app.routes.background import POLL_S, RENEW_S, Background, replay
 from serve_app.routes.generation import generate_call, prepare
-from serve_app.routes.stored import Order, not_found, owner_of, page, store_call
+from serve_app.routes.stored import Listing, not_found, owner_of, store_call
 from serve_app.sse import named_event
 from serve_app.store import TOO_LONG
 
@@ -67,11 +76,14 @@ async def create_response(body: ResponseRequest, request: Request, key: Key) -> 
             param="input",
         )
     chat = _chat_request(body, history + items)
+    audio = [(i, j) for i, j, _ in audio_parts(chat.messages)]  # parts with no transcript yet
     try:
         model, record, _ = await prepare("chat", chat, request, key)  # audio transcribed
     except APIError as exc:
         exc.frame.param = response_param(exc.frame.param)
         raise
+    texts = [_text_at(chat.messages, i, j) for i, j in audio]
+    await _keep_transcripts(request, owner, body.conversation_id, history, items, texts)
     record.stream = bool(body.stream)
     rid = record.request_id
     builder = ResponseBuilder(base_response(new_id("resp"), body, model.id, int(time.time())))
@@ -157,6 +169,36 @@ def _from_user_turn(messages: list[Any], first_kept: int) -> list[Any]:
     while len(rest) > 1 and rest[0].role != "user":
         rest = rest[1:]
     return head + rest
+
+
+def _text_at(messages: list[Any], i: int, j: int) -> str | None:
+    """The transcript that replaced the audio part ``j`` of message ``i`` (None if the model
+    took the audio as it is)."""
+    part = messages[i].content[j]
+    return part.text if isinstance(part, TextPart) else None
+
+
+async def _keep_transcripts(
+    request: Request,
+    owner: str,
+    conversation: str | None,
+    history: list[dict[str, Any]],
+    items: list[dict[str, Any]],
+    texts: list[str | None],
+) -> None:
+    """Keep the transcripts made for this request (``texts``, in the order of the parts of
+    ``history`` and ``items`` that had none) with their stored parts (``TRANSCRIPT`` in
+    ``protocol/items.py``), so no later turn transcribes or charges them again. This input's
+    go into the store with it; a conversation's items (audio added through the Conversations
+    API) are updated at once, best effort: one the store did not take is transcribed again
+    next time. Parts of a chain stored before transcripts were kept are transcribed anew."""
+    stored = [item for item in history if untranscribed([item])] if conversation else []
+    before = copy.deepcopy(stored)
+    keep_transcripts(untranscribed(history + items), texts)
+    changes = [(old, new) for old, new in zip(before, stored, strict=True) if old != new]
+    if changes:
+        with contextlib.suppress(APIError):  # logged by store_call
+            await store_call(request, "update_items", owner, conversation, changes)
 
 
 async def _history(
@@ -279,18 +321,10 @@ async def cancel_response(response_id: str, request: Request, key: Key) -> JSONR
 
 
 @router.get("/v1/responses/{response_id}/input_items")
-async def input_items(
-    response_id: str,
-    request: Request,
-    key: Key,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    order: Order = "desc",
-    include: Annotated[list[str] | None, Query()] = None,
-) -> JSONResponse:
-    """A response's own input items (not those of the responses it continues), newest
-    first unless ``order=asc``; ``after`` an item id, ``limit`` 1 to 100."""
+async def input_items(response_id: str, request: Request, key: Key, query: Listing) -> JSONResponse:
+    """A response's own input items (not those of the responses it continues), as given,
+    newest first unless ``order=asc`` (``ListQuery``)."""
     items = await store_call(request, "input_items", owner_of(key), response_id)
     if items is None:
         raise not_found("Response", response_id, "response_id")
-    return JSONResponse(page(items, after, limit, order))
+    return JSONResponse(query.page(public_items(items)))

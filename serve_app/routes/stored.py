@@ -1,10 +1,11 @@
 """What the routes over stored objects (responses, conversations) share: whose a record is,
-calls to the store, 404s and list pages."""
+calls to the store, 404s, and list pages with their query."""
 
 import logging
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from fastapi import Request
+from fastapi import Depends, Query, Request
 
 from serve_app.auth import APIKey
 from serve_app.errors import APIError
@@ -58,3 +59,22 @@ def page(items: list[dict], after: str | None, limit: int, order: Order) -> dict
         "last_id": data[-1]["id"] if data else None,
         "has_more": len(items) > limit,
     }
+
+
+@dataclass
+class ListQuery:
+    """The query of a list of stored items (a response's input items, a conversation's
+    items), as OpenAI's: ``after`` an item id, ``limit`` 1 to 100, ``order`` newest first by
+    default; ``include`` is accepted and changes nothing. Routes take it as ``Listing``."""
+
+    after: str | None = None
+    limit: Annotated[int, Query(ge=1, le=100)] = 20
+    order: Order = "desc"
+    include: Annotated[list[str] | None, Query()] = None
+
+    def page(self, items: list[dict]) -> dict[str, Any]:
+        """The page of ``items`` (oldest first) this query asks for (``page``)."""
+        return page(items, self.after, self.limit, self.order)
+
+
+Listing = Annotated[ListQuery, Depends()]

@@ -102,6 +102,10 @@ APPEND_ITEM = """INSERT INTO conversation_items (conversation_id, seq, item_id, 
     SELECT c.id, COALESCE((SELECT MAX(seq) FROM conversation_items
                            WHERE conversation_id = c.id), -1) + 1, %s, %s
     FROM conversations c WHERE c.id = %s AND c.owner = %s"""
+# An item's new body, only where it is still as it was read (and the conversation the owner's).
+UPDATE_ITEM = """UPDATE conversation_items SET body = %s
+    WHERE conversation_id = %s AND item_id = %s AND body = %s
+    AND EXISTS (SELECT 1 FROM conversations WHERE id = %s AND owner = %s)"""
 CONVERSATION_ITEMS = """SELECT items.body FROM conversation_items items JOIN conversations c
     ON c.id = items.conversation_id
     WHERE c.id = %s AND c.owner = %s ORDER BY items.seq"""
@@ -130,6 +134,7 @@ class SQLStore(ABC):
             "update_conversation",
             "delete_conversation",
             "add_items",
+            "update_items",
             "conversation_items",
             "get_item",
             "delete_item",
@@ -303,6 +308,20 @@ class SQLStore(ABC):
         statements += _appends(owner, conversation_id, items)
         counts = await self._transaction(statements)
         return counts[0] > 0
+
+    async def update_items(
+        self, owner: str, conversation_id: str, changes: list[tuple[dict, dict]]
+    ) -> None:
+        """Replace items by newer versions of themselves (``(as read, new)`` pairs, as when
+        the ingress keeps a transcript on an item's audio part); an item changed or deleted
+        since it was read, or another item with the same id, is left as it is."""
+        await self._transaction(
+            [
+                (UPDATE_ITEM, (json.dumps(new), conversation_id, old["id"], json.dumps(old),
+                               conversation_id, owner))
+                for old, new in changes
+            ]
+        )  # fmt: skip
 
     async def conversation_items(self, owner: str, conversation_id: str) -> list[dict] | None:
         """Every item of the conversation in order; None if it is not the owner's."""

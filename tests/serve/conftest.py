@@ -17,6 +17,7 @@ import yaml
 from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parents[2]
+RAY_TEMP_DIR = Path(tempfile.gettempdir()) / f"ray-openai-serve-{os.getuid()}"  # the session's
 API_KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
 RPM_LIMIT = 4
@@ -170,14 +171,13 @@ def base_url() -> Iterator[str]:
 
     from serve_app.capacity import local_node
 
-    temp_dir = Path(tempfile.gettempdir()) / f"ray-openai-serve-{os.getuid()}"
     ray.init(
         address="local",
         # The node the config states, as `make serve` starts it: the plan checked that every
         # deployment at min fits beside all others at max on it (test_resilience_api.py).
         **local_node(session_config(port)),
         include_dashboard=False,
-        _temp_dir=str(temp_dir),
+        _temp_dir=str(RAY_TEMP_DIR),
         _metrics_export_port=metrics_port,  # as `make serve` does (serve_app/launch.py)
         logging_level="WARNING",
     )

@@ -8,6 +8,7 @@ import re
 import signal
 import threading
 import time
+import uuid
 
 import httpx
 import psutil
@@ -15,7 +16,16 @@ import pytest
 from ray import serve
 
 from bench.speech_bench import minute_clip
-from tests.serve.conftest import RESCALABLE, ROOT, deploy, model_handle, rescaled, session_config
+from serve_app.dispatch import _running_replicas
+from tests.serve.conftest import (
+    RAY_TEMP_DIR,
+    RESCALABLE,
+    ROOT,
+    deploy,
+    model_handle,
+    rescaled,
+    session_config,
+)
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
@@ -163,8 +173,6 @@ def test_whisper_replica_killed_mid_request_recovers(http: httpx.Client):
 def test_the_ingress_reads_running_replicas_from_the_controller(base_url: str):
     """What a call waiting for a replica checks (serve_app/dispatch.py): the real controller's
     counts, keyed as the ingress's handles name their deployments."""
-    from serve_app.dispatch import _running_replicas
-
     whisper = model_handle("whisper-whisper-base")
     counts = _running_replicas()
     assert counts[whisper.app_name, whisper.deployment_name] >= 1
@@ -206,6 +214,22 @@ def test_redeploying_the_same_config_restarts_nothing(http: httpx.Client, base_u
     assert chat_ok(http)
 
 
+def running(deployment: str) -> int:
+    """RUNNING replicas of ``deployment`` as Serve's controller counts them."""
+    app = "openai" if deployment in ("ingress", "audio-preprocessor") else deployment
+    return _running_replicas().get((app, deployment), 0)
+
+
+def replica_logs(deployment: str) -> dict[str, list[str]]:
+    """Serve's log of each replica ``deployment`` has had this session (model deployments run
+    in the application named after them), by file name."""
+    logs = RAY_TEMP_DIR / "session_latest" / "logs" / "serve"
+    return {
+        path.name: path.read_text().splitlines()
+        for path in logs.glob(f"replica_{deployment}_{deployment}_*.log")
+    }
+
+
 def test_a_scale_down_lets_the_stopping_replica_finish_its_requests(
     http: httpx.Client, base_url: str
 ):
@@ -213,33 +237,38 @@ def test_a_scale_down_lets_the_stopping_replica_finish_its_requests(
     section then scales the deployment to one (as the autoscaler does when load falls, but
     at a moment we choose): the stopping replica finishes what it holds, with the default
     `graceful_shutdown_timeout_s` (20 s), and nothing is restarted (the session's config has
-    this override from the start: only its values change)."""
+    this override from the start: only its values change). The stopping replica's own log
+    shows it: our requests (by their `x-request-id`) end OK after its drain began."""
     from tests.audio_files import wav_bytes
-    from tests.speech_corpus import RATE, espeak_available, render
+    from tests.speech_corpus import RATE, render, require_espeak
 
-    if not espeak_available():
-        pytest.skip("espeak-ng renders the recording (`make test` installs it)")
+    require_espeak("the recording")
     port = int(base_url.rsplit(":", 1)[1])
     deployment = "whisper-whisper-tiny-en"
 
     first = set(replica_pids(deployment))
     redeployed(port, rescaled({deployment: 2}))
-    wait_until(lambda: len(replica_pids(deployment)) == 2, 120, "two whisper-tiny.en replicas")
+    # Running, not just started: a replica still loading its model is sent nothing.
+    wait_until(lambda: running(deployment) == 2, 120, "two running whisper-tiny.en replicas")
     two = set(replica_pids(deployment))
     assert first <= two  # scaled up, not restarted
-    clip = wav_bytes(render("lighthouse").samples[: 20 * RATE], RATE)  # 20 s, 4 sentences
+    clip = wav_bytes(render("lighthouse").samples[: 40 * RATE], RATE)  # 40 s, two windows
     whisper = model_handle(deployment)
+    request_ids = [f"scale-down-{uuid.uuid4().hex[:12]}" for _ in range(4)]
 
-    def transcribe() -> tuple[int, float]:
+    def transcribe(request_id: str) -> tuple[int, float]:
         files = {"file": ("clip.wav", clip)}
         response = http.post(
-            "/v1/audio/transcriptions", files=files, data={"model": "whisper-tiny.en"}
+            "/v1/audio/transcriptions",
+            files=files,
+            data={"model": "whisper-tiny.en"},
+            headers={"x-request-id": request_id},
         )
         return response.status_code, time.monotonic()
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         # Serve's router sends each to the less busy of the two: two each.
-        pending = [pool.submit(transcribe) for _ in range(4)]
+        pending = [pool.submit(transcribe, request_id) for request_id in request_ids]
         wait_until(lambda: whisper.stats.remote().result()["active"], 30, "transcriptions")
         applied = redeployed(port, rescaled({deployment: 1}))
         results = [p.result(timeout=120) for p in pending]
@@ -247,6 +276,20 @@ def test_a_scale_down_lets_the_stopping_replica_finish_its_requests(
     assert any(ended > applied for _, ended in results), "all ended before the scale-down"
     wait_until(lambda: len(replica_pids(deployment)) == 1, 60, "one replica left")
     assert set(replica_pids(deployment)) < two  # one of the two stayed: no restart
+
+    # From the stopping replica's own log (the one that drained during this test): it held
+    # some of our requests when its drain began, and answered them OK after.
+    after_drain = []
+    for lines in replica_logs(deployment).values():
+        drains = [i for i, line in enumerate(lines) if "Draining: staying reachable" in line]
+        drained = lines[drains[-1] :] if drains else []
+        after_drain += [
+            request_id
+            for line in drained
+            for request_id in request_ids
+            if request_id in line and "CALL /v1/audio/transcriptions OK" in line
+        ]
+    assert after_drain, "the stopping replica held none of our requests when it began to drain"
     redeployed(port)  # the session's own config again: min 1, max 2, one replica kept
 
 
@@ -333,9 +376,9 @@ def everything_at_max(http: httpx.Client, base_url: str):
         try:
             redeployed(port, rescaled(AT_MAX))
             wait_until(
-                lambda: all(len(replica_pids(d)) == n for d, n in AT_MAX.items()),
+                lambda: all(running(d) == n for d, n in AT_MAX.items()),
                 180,
-                f"{AT_MAX} replicas (all scheduled: the plan leaves room for every one)",
+                f"{AT_MAX} running replicas (the plan leaves room for every one)",
             )
         finally:
             stop.set()

@@ -13,7 +13,6 @@ to 21.5 % with a ±1e-6 dither on its input. Measured: per recording within ±3 
 way, pooled within ±1. A lost sentence fails the coverage check whatever the rates.
 """
 
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -28,10 +27,7 @@ from tests.serve.conftest import ROOT
 
 pytestmark = pytest.mark.serve
 
-if not corpus.espeak_available():
-    if os.environ.get("CI"):
-        raise RuntimeError("CI needs espeak-ng: `make test` installs it")
-    pytest.skip("no espeak-ng (`make test` installs it)", allow_module_level=True)
+corpus.require_espeak("the recordings", allow_module_level=True)
 
 MODELS = ("whisper-base", "whisper-tiny.en")
 ARTIFACTS = ROOT / "test-artifacts"

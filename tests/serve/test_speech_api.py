@@ -3,6 +3,7 @@
 import concurrent.futures
 import json
 import re
+import uuid
 
 import httpx
 import numpy as np
@@ -240,30 +241,43 @@ def test_concurrent_transcriptions_share_model_batches(client: OpenAI):
 def test_batched_requests_each_get_their_own_transcript(client: OpenAI):
     """English transcription, German transcription and German translation at once on the
     one whisper-base replica, while the model is busy with a longer recording, so that their
-    windows wait and go to the model in one batch of different kinds (the stats count it):
-    each answer is the one the same request gets alone."""
-    from tests.speech_corpus import RATE, espeak_available, render
+    windows wait and go to the model in one batch of different kinds: the replica's stats
+    show, per request id, that every window of each of the three went to the model in a call
+    with another request's windows (and none did when each ran alone), and each answer is
+    the one the same request gets alone."""
+    from tests.speech_corpus import RATE, render, require_espeak
 
-    if not espeak_available():
-        pytest.skip("espeak-ng renders the busy recording (`make test` installs it)")
+    require_espeak("the busy recording")
     whisper = model_handle("whisper-whisper-base")
     busy_clip = wav_bytes(render("workshop").samples[: 30 * RATE], RATE)  # one full window
+    run = uuid.uuid4().hex[:12]  # request ids of this run: the replica's stats name them
+
+    def request_id(name: str, phase: str) -> str:
+        return f"batching-{run}-{name.replace('>', '')}-{phase}"
 
     def busy() -> str:
         audio = ("busy.wav", busy_clip)
         return client.audio.transcriptions.create(model="whisper-base", file=audio).text
 
     calls = {
-        "en": lambda: transcribe(client, model="whisper-base").text,
-        "de": lambda: (
-            client.audio.transcriptions.create(model="whisper-base", file=SPEECH_DE.open("rb")).text
+        "en": lambda headers: transcribe(client, model="whisper-base", extra_headers=headers).text,
+        "de": lambda headers: (
+            client.audio.transcriptions.create(
+                model="whisper-base", file=SPEECH_DE.open("rb"), extra_headers=headers
+            ).text
         ),
-        "de->en": lambda: (
-            client.audio.translations.create(model="whisper-base", file=SPEECH_DE.open("rb")).text
+        "de->en": lambda headers: (
+            client.audio.translations.create(
+                model="whisper-base", file=SPEECH_DE.open("rb"), extra_headers=headers
+            ).text
         ),
     }
+
+    def run_call(name: str, phase: str) -> str:
+        return calls[name]({"x-request-id": request_id(name, phase)})
+
     start = whisper.stats.remote().result()
-    alone = {name: call() for name, call in calls.items()}
+    alone = {name: run_call(name, "alone") for name in calls}
     assert "fox" in alone["en"].lower() and "kaffee" in alone["de"].lower()
     assert "coffee" in alone["de->en"].lower()
     middle = whisper.stats.remote().result()
@@ -273,12 +287,23 @@ def test_batched_requests_each_get_their_own_transcript(client: OpenAI):
     with concurrent.futures.ThreadPoolExecutor(len(calls) + 1) as pool:
         busy_answer = pool.submit(busy)
         wait_until(lambda: whisper.stats.remote().result()["decoding"], 30, "the model busy")
-        futures = {name: pool.submit(call) for name, call in calls.items()}
+        futures = {name: pool.submit(run_call, name, "together") for name in calls}
         answers = {name: future.result() for name, future in futures.items()}
         busy_answer.result()
     assert answers == alone
     after = whisper.stats.remote().result()
     assert after["mixed_batches"] > before["mixed_batches"], "no batch held different kinds"
+    requests = after["requests"]
+    for name in calls:  # {"windows": handed to the model, "shared": with another request's}
+        by_itself = requests[request_id(name, "alone")]
+        together = requests[request_id(name, "together")]
+        assert by_itself["windows"] >= 1 and by_itself["shared"] == 0, (name, requests)
+        own = by_itself["windows"]  # the same audio: the same windows
+        assert together == {"windows": own, "shared": own}, (
+            f"{name}: not every window went to the model with another request's",
+            after["batch_sizes"],
+            requests,
+        )
     windows = after["windows_decoded"] - before["windows_decoded"]
     alone_windows = middle["windows_decoded"] - start["windows_decoded"]
     busy_windows = before["windows_decoded"] - middle["windows_decoded"]

@@ -7,7 +7,7 @@ import json
 import openai
 from fastapi.testclient import TestClient
 
-from deployments.common.contracts import ChunkFrame, UsageFrame
+from deployments.common.contracts import ChunkFrame, JSONFrame, UsageFrame
 from serve_app.auth import KeyStore
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
@@ -19,6 +19,7 @@ from tests.unit.fakes import FakeHandle
 
 MODEL = "smart"
 USAGE = {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+TRANSCRIPT = "the quick brown fox"  # what the fake Whisper hears in any audio
 TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
 EVENT_SCHEMAS = {  # event type -> OpenAI's schema of it
     "response.created": "ResponseCreatedEvent",
@@ -81,10 +82,10 @@ def call_frames():
 
 
 class App:
-    """The ingress on a fake LLM handle and a real SQLite store; ``sdk(key)`` an OpenAI
-    client on it."""
+    """The ingress on a fake LLM handle, a fake Whisper (every clip: TRANSCRIPT, 2 audio
+    seconds) and a real SQLite store; ``sdk(key)`` an OpenAI client on it."""
 
-    def __init__(self, tmp_path, keys=(), llm=None):
+    def __init__(self, tmp_path, keys=(), llm=None, limiter=None):
         config = AppConfig.model_validate(
             {
                 "models": [
@@ -100,11 +101,12 @@ class App:
             }
         )  # fmt: skip
         self.llm = llm or FakeHandle(text_frames("Hello", " there"))
-        handles = {MODEL: self.llm, "plain": self.llm, "stt": FakeHandle([])}
-        registry = ModelRegistry(config, handles, 1)
+        self.whisper = FakeHandle([JSONFrame({"text": TRANSCRIPT}, {"audio_seconds": 2.0})])
+        handles = {MODEL: self.llm, "plain": self.llm, "stt": self.whisper}
+        registry = ModelRegistry(config, handles, 1, FakeHandle([]))
         self.store = SQLiteStore(str(tmp_path / "r.sqlite3"), 86400)
         asyncio.run(self.store.start())
-        app = create_app(registry, Settings(), KeyStore(list(keys)), RateLimits(None),
+        app = create_app(registry, Settings(), KeyStore(list(keys)), RateLimits(limiter),
                          store=self.store)  # fmt: skip
         self.http = TestClient(app, raise_server_exceptions=False)
 

@@ -54,6 +54,16 @@ def test_transcription_reaches_whisper_through_the_preprocessor():
     assert params["temperature"] == 0.2 and params["response_format"] == "json"
 
 
+def test_whisper_gets_the_request_id():
+    """The client's ``x-request-id`` (or the one made for the request): the Whisper replica
+    names the request by it in its stats (windows decoded, shared with other requests)."""
+    client, whisper, _ = make()
+    assert post(client, headers={"x-request-id": "mine"}).status_code == 200
+    assert whisper.calls[0][1][1]["request_id"] == "mine"
+    assert post(client).status_code == 200
+    assert whisper.calls[1][1][1]["request_id"] not in ("", "mine", None)
+
+
 def test_default_model_and_granularities():
     client, whisper, _ = make()
     data = {"response_format": "verbose_json", "timestamp_granularities[]": ["word", "segment"]}

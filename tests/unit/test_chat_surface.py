@@ -241,7 +241,8 @@ def audio_message(data=WAV64, fmt="wav"):
 
 def test_input_audio_is_transcribed_into_the_prompt():
     client, llm, whisper = make()
-    assert chat(client, messages=audio_message(), stream=True).status_code == 200
+    headers = {"x-request-id": "chat-with-audio"}
+    assert chat(client, headers, messages=audio_message(), stream=True).status_code == 200
     content = sent(llm)["messages"][0]["content"]
     assert content == [
         {"type": "text", "text": "Answer:"},
@@ -250,6 +251,7 @@ def test_input_audio_is_transcribed_into_the_prompt():
     method, (decoded, params) = whisper.calls[0]
     assert method == "transcribe" and decoded[0] == "decoded"
     assert params["task"] == "transcribe" and params["response_format"] == "json"
+    assert params["request_id"] == "chat-with-audio"  # the chat request's own
 
 
 def test_input_audio_needs_room_in_the_keys_audio_budget():

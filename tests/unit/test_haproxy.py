@@ -1,12 +1,11 @@
 """``serve_app.haproxy``: the changes to Ray's HAProxy config, and its error answers."""
 
 import json
-import os
 import subprocess
 import sys
-import time
 
 import httpx
+import psutil
 import pytest
 
 from serve_app import haproxy
@@ -107,22 +106,33 @@ def test_no_reachable_server_is_a_json_503_with_retry_after(tmp_path):
         proc.wait()
 
 
-def test_haproxy_ends_with_the_process_that_started_it():
+def test_haproxy_ends_with_the_process_that_started_it(tmp_path):
     """The wrapper asks Linux to stop HAProxy when its parent (Serve's HAProxyManager) dies,
     so no HAProxy is left holding port 8000 after Ray shuts down."""
-    child = (
-        "from serve_app.haproxy import die_with_parent; die_with_parent(); "
-        "import time; time.sleep(60)"
+    armed = tmp_path / "armed"  # the child's pid, written once its request is made
+    child_code = (
+        "import os, pathlib, time; from serve_app.haproxy import die_with_parent; "
+        f"die_with_parent(); written = pathlib.Path({str(armed)!r} + '.tmp'); "
+        f"written.write_text(str(os.getpid())); written.replace({str(armed)!r}); time.sleep(60)"
     )
-    parent = (
+    parent_code = (
         "import subprocess, sys, time; "
-        f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); "
-        "print(p.pid, flush=True); time.sleep(60)"
+        f"subprocess.Popen([sys.executable, '-c', {child_code!r}]); time.sleep(60)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
-    pid = int(proc.stdout.readline())
-    time.sleep(0.5)  # the child has made its request
-    assert os.path.exists(f"/proc/{pid}")
-    proc.kill()
-    proc.wait()
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 5, "the child to end with its parent")
+    proc = subprocess.Popen([sys.executable, "-c", parent_code])
+    try:
+        pid = int(wait_until(armed.read_text, 30, "the child to ask for PR_SET_PDEATHSIG"))
+        child = psutil.Process(pid)
+        assert child.ppid() == proc.pid  # armed while its parent lives
+    finally:
+        proc.kill()
+        proc.wait()
+
+    def ended() -> bool:  # gone, or a zombie its new parent has not reaped yet
+        return not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+
+    try:
+        wait_until(ended, 5, "the child to end with its parent")
+    except AssertionError:
+        child.kill()  # psutil checks it is still that process
+        raise

@@ -209,6 +209,22 @@ def test_conversations_keep_items_in_order_per_owner(make_store):
     assert run(store.conversation_items("alice", "conv_1")) is None
 
 
+def test_an_item_is_updated_only_where_it_is_as_it_was_read(make_store):
+    """As the ingress keeps a transcript on an item: not another item with the same id (a
+    client may give two items one id), not an item changed since, not another owner's."""
+    store = make_store()
+    conv = {"id": "conv_1", "created_at": int(time.time()), "metadata": {}}
+    run(store.create_conversation("alice", conv, [user("one", "msg_1"), user("two", "msg_1")]))
+    one, two = run(store.conversation_items("alice", "conv_1"))
+    newer = {**one, "content": [{"type": "input_text", "text": "one", "kept": "1"}]}
+    run(store.update_items("bob", "conv_1", [(one, newer)]))
+    assert run(store.conversation_items("alice", "conv_1")) == [one, two]
+    run(store.update_items("alice", "conv_1", [(one, newer)]))
+    assert run(store.conversation_items("alice", "conv_1")) == [newer, two]
+    run(store.update_items("alice", "conv_1", [(one, {**one, "status": "stale"})]))
+    assert run(store.conversation_items("alice", "conv_1")) == [newer, two]
+
+
 def test_concurrent_appends_to_one_conversation_all_land_in_order(make_store):
     store = make_store()
     conv = {"id": "conv_1", "created_at": int(time.time()), "metadata": {}}

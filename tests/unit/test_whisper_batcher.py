@@ -1,5 +1,6 @@
 """The Whisper replica's continuous batcher: windows that arrive while the model is busy are
-decoded together in its next call; cancelled windows are dropped; errors reach every caller."""
+decoded together in its next call; cancelled windows are dropped; errors reach every caller;
+each request's windows are counted, and those decoded in a call with another request's."""
 
 import asyncio
 import threading
@@ -112,3 +113,69 @@ def test_batch_sizes_are_reported(size):
     asyncio.run(scenario())
     expected = ["abc"] if size == 3 else ["a", "b", "c"]
     assert sorted("".join(batch) for batch in seen) == expected
+
+
+def test_each_request_counts_its_windows_and_those_decoded_with_another_requests():
+    """``requests``: per request id, windows handed to the model and, of them, those in a
+    call that also held a window of another request (a request alone counts none)."""
+
+    async def scenario():
+        model = Model()
+        batcher = Batcher(model, max_batch_size=8, wait_s=0)
+        first = asyncio.create_task(batcher.submit("a1", "a"))
+        await until(lambda: model.calls)  # "a" alone
+        rest = [
+            asyncio.create_task(batcher.submit(window, request))
+            for window, request in (("a2", "a"), ("b1", "b"), ("b2", "b"), ("x", None))
+        ]
+        await until(lambda: len(batcher.queue) == 4)
+        model.release.set()
+        await asyncio.gather(first, *rest)
+        await batcher.submit("c1", "c")  # alone again
+        await asyncio.gather(batcher.submit("d1", "d"), batcher.submit("d2", "d"))
+        return model.calls, batcher.requests
+
+    calls, requests = asyncio.run(scenario())
+    assert calls == [["a1"], ["a2", "b1", "b2", "x"], ["c1"], ["d1", "d2"]]
+    assert requests == {  # None: not counted, but it is another request's window
+        "a": {"windows": 2, "shared": 1},
+        "b": {"windows": 2, "shared": 2},
+        "c": {"windows": 1, "shared": 0},
+        "d": {"windows": 2, "shared": 0},  # its own two windows together: not shared
+    }
+
+
+def test_a_cancelled_window_neither_counts_nor_makes_a_call_shared():
+    async def scenario():
+        model = Model()
+        batcher = Batcher(model, max_batch_size=8, wait_s=0)
+        first = asyncio.create_task(batcher.submit("a1", "a"))
+        await until(lambda: model.calls)
+        gone = asyncio.create_task(batcher.submit("gone", "gone"))
+        kept = asyncio.create_task(batcher.submit("b1", "b"))
+        await until(lambda: len(batcher.queue) == 2)
+        gone.cancel()
+        model.release.set()
+        await asyncio.gather(first, kept)
+        return batcher.requests
+
+    assert asyncio.run(scenario()) == {
+        "a": {"windows": 1, "shared": 0},
+        "b": {"windows": 1, "shared": 0},
+    }
+
+
+def test_only_the_most_recent_requests_are_remembered():
+    async def scenario():
+        model = Model()
+        model.release.set()
+        batcher = Batcher(model, max_batch_size=8, wait_s=0, remembered=2)
+        for request in "abc":
+            await batcher.submit(f"{request}1", request)
+        await batcher.submit("a2", "a")  # "a" again: the most recent now
+        await batcher.submit("d1", "d")
+        return batcher.requests
+
+    requests = asyncio.run(scenario())
+    assert list(requests) == ["a", "d"]
+    assert requests["a"] == {"windows": 1, "shared": 0}  # forgotten once, counted afresh

@@ -98,20 +98,28 @@ def healthy_process(
     ``(pid, seconds until healthy)``. After, SIGTERM to the command (a background process
     started from a script ignores SIGINT), then SIGKILL to the whole group if it has not
     ended within a minute (which can leave vLLM engine cores running: they are in a group
-    of their own)."""
+    of their own). Its output goes to a file under ``test-artifacts/``, whose end a failure
+    to become healthy quotes."""
     started = time.monotonic()
-    proc = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log = ROOT / "test-artifacts" / f"{Path(command[0]).name}-{int(time.time())}.log"
+    log.parent.mkdir(exist_ok=True)
+    with log.open("wb") as output:
+        proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         while True:
             if time.monotonic() - started > deadline_s or proc.poll() is not None:
-                raise RuntimeError(f"{command[:3]} did not become healthy")
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+                raise RuntimeError(
+                    f"{command[:3]} did not become healthy (exit code {proc.poll()}); "
+                    f"the end of {log}:\n{tail}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                     break

@@ -227,7 +227,7 @@ def test_a_conversation_carries_its_items(client: OpenAI, model: str):
 def test_killing_the_store_loses_no_completed_response(client: OpenAI, base_url: str):
     """kill -9 of the store replica while responses are being made: every response that the
     client saw complete is still there once Serve has replaced the replica."""
-    from tests.serve.test_resilience_api import replica_pids
+    from tests.serve.replicas import replica_pids
 
     (pid,) = replica_pids("response-store")
     completed: list[str] = []
@@ -301,7 +301,7 @@ def test_background_poll_replay_and_cancel_from_any_replica(
 def test_a_background_response_ends_failed_when_its_replica_dies(client: OpenAI, http):
     """Kill every ingress replica while one runs a background response: once Serve has
     replaced them, the response's lease runs out and it ends failed, not in_progress."""
-    from tests.serve.test_resilience_api import replica_pids
+    from tests.serve.replicas import replica_pids
 
     long = client.responses.create(
         model=LOCAL, input="Why is the sky blue?", background=True, max_output_tokens=1500,

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from serve_app.config import AppConfig, ClusterOptions, NodeKind
-from serve_app.families import family_of
 from serve_app.options import DeploymentOptions
 
 EPSILON = 1e-9  # reservations are sums of decimal fractions
@@ -51,12 +50,7 @@ def deployments(config: AppConfig, overrides: dict[str, dict[str, Any]]) -> list
     ]
     if config.models_that("transcriptions"):
         named.append(("audio-preprocessor", config.audio.deployment))
-    families: dict[str, list[Any]] = {}
-    for model in config.models:
-        families.setdefault(model.family, []).append(model)
-    for models in families.values():
-        for name, group in family_of(models[0]).groups(models).items():
-            named.append((name, group[0].deployment))
+    named += [(name, group[0].deployment) for name, group in config.deployment_groups().items()]
     return [_replicas(name, options, overrides.get(name, {})) for name, options in named]
 
 
@@ -151,22 +145,4 @@ def check(config: AppConfig, overrides: dict[str, dict[str, Any]]) -> str | None
             + "Lower num_cpus/num_gpus or max_replicas, pin deployments to node kinds with "
             "custom resources, or state a bigger cluster."
         )
-    return None
-
-
-def local_node(serve_config: dict[str, Any]) -> dict[str, Any] | None:
-    """``ray.init`` arguments for a Serve config whose ``build_app`` application states a
-    one-node cluster (``make serve``), so that the Ray it starts is the cluster the plan
-    checked; None otherwise."""
-    for app in serve_config.get("applications", []):
-        cluster = (app.get("args") or {}).get("cluster")
-        if app.get("import_path") == "serve_app.app:build_app" and cluster is not None:
-            nodes = ClusterOptions.model_validate(cluster).nodes
-            if [node.count for node in nodes] == [1]:
-                (node,) = nodes
-                return {
-                    "num_cpus": node.num_cpus,
-                    "num_gpus": node.num_gpus,
-                    "resources": node.resources,
-                }
     return None

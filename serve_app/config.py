@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from serve_app.families import Capability, ModelConfig, capabilities_of
+from serve_app.families import Capability, ModelConfig, capabilities_of, family_of
 from serve_app.options import AutoscalingOptions, DeploymentOptions, StrictModel
 
 
@@ -228,6 +228,18 @@ class AppConfig(FrontOptions):
                     f"model {model.id!r}: audio_model {audio_model!r} is not an STT model"
                 )
         return self
+
+    def deployment_groups(self) -> dict[str, list[Any]]:
+        """Model deployment name -> the models it serves, family by family, as each family
+        groups its models (one deployment per model, or per upstream provider)."""
+        families: dict[str, list[Any]] = {}
+        for model in self.models:
+            families.setdefault(model.family, []).append(model)
+        return {
+            name: group
+            for models in families.values()
+            for name, group in family_of(models[0]).groups(models).items()
+        }
 
     def models_that(self, capability: Capability) -> list[Any]:
         """Configured models that serve ``capability`` (``capabilities_of``), in config order."""

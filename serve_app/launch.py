@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     import ray  # noqa: PLC0415
     from ray.serve.scripts import cli  # noqa: PLC0415
 
-    from serve_app.capacity import local_node  # noqa: PLC0415  (imports Ray)
-    from serve_app.plan import plan  # noqa: PLC0415
+    from serve_app.plan import local_node, plan  # noqa: PLC0415  (imports Ray)
 
     # The plan first: a config that can starve a deployment is refused before Ray starts.
     config = yaml.safe_load(Path(args.config).read_text())

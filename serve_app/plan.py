@@ -30,8 +30,7 @@ from typing import Any
 import yaml
 
 from serve_app import capacity
-from serve_app.config import AppConfig
-from serve_app.families import family_of
+from serve_app.config import AppConfig, ClusterOptions
 
 BUILD_APP = "serve_app.app:build_app"
 
@@ -61,27 +60,22 @@ def _split(app: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
         notes.append(f"application {app.get('name')!r}: {note}")
     shared = {k: app[k] for k in ("runtime_env",) if k in app}
     model_apps, served_by = [], {}
-    groups: dict[str, list[Any]] = {}
-    for model in config.models:
-        groups.setdefault(model.family, []).append(model)
-    for family_name, models in groups.items():
-        family = family_of(models[0])
-        for name, group in family.groups(models).items():
-            models_written = [copy.deepcopy(written[m.id]) for m in group]
-            model_args = {"family": family_name, "models": models_written}
-            if config.models_dir is not None:
-                model_args["models_dir"] = config.models_dir
-            model_app = {
-                "name": name,
-                "route_prefix": None,
-                "import_path": "serve_app.app:build_models",
-                "args": model_args,
-                **shared,
-            }
-            if name in overrides:
-                model_app["deployments"] = [overrides.pop(name)]
-            model_apps.append(model_app)
-            served_by.update({m.id: name for m in group})
+    for name, group in config.deployment_groups().items():
+        models_written = [copy.deepcopy(written[m.id]) for m in group]
+        model_args = {"family": group[0].family, "models": models_written}
+        if config.models_dir is not None:
+            model_args["models_dir"] = config.models_dir
+        model_app = {
+            "name": name,
+            "route_prefix": None,
+            "import_path": "serve_app.app:build_models",
+            "args": model_args,
+            **shared,
+        }
+        if name in overrides:
+            model_app["deployments"] = [overrides.pop(name)]
+        model_apps.append(model_app)
+        served_by.update({m.id: name for m in group})
     ingress = dict(overrides.pop("ingress", {"name": "ingress"}))
     ingress["user_config"] = {"models": list(written.values()), "deployments": served_by}
     front_args = {k: v for k, v in args.items() if k not in ("models", "cluster")}
@@ -93,6 +87,24 @@ def _split(app: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
         "deployments": [*overrides.values(), ingress],
     }
     return [front, *model_apps]
+
+
+def local_node(serve_config: dict[str, Any]) -> dict[str, Any] | None:
+    """``ray.init`` arguments for a Serve config whose ``build_app`` application states a
+    one-node cluster (``make serve``), so that the Ray it starts is the cluster the plan
+    checked; None otherwise."""
+    for app in serve_config.get("applications", []):
+        cluster = (app.get("args") or {}).get("cluster")
+        if app.get("import_path") == BUILD_APP and cluster is not None:
+            nodes = ClusterOptions.model_validate(cluster).nodes
+            if [node.count for node in nodes] == [1]:
+                (node,) = nodes
+                return {
+                    "num_cpus": node.num_cpus,
+                    "num_gpus": node.num_gpus,
+                    "resources": node.resources,
+                }
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:

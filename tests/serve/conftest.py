@@ -169,7 +169,7 @@ def base_url() -> Iterator[str]:
 
     port, metrics_port = free_port(), free_port()
 
-    from serve_app.capacity import local_node
+    from serve_app.plan import local_node
 
     ray.init(
         address="local",

@@ -231,7 +231,7 @@ def test_a_deployment_that_scales_to_zero_or_reserves_nothing_is_not_a_victim():
 
 
 def test_make_serve_starts_ray_on_the_node_the_config_states():
-    from serve_app.capacity import local_node
+    from serve_app.plan import local_node
 
     assert local_node(shipped()) == {"num_cpus": 2, "num_gpus": 0, "resources": {}}
     assert local_node(shipped("cluster/serve_config.local.yaml")) is None  # three nodes

@@ -16,7 +16,6 @@ from tests.waiting import wait_until
 
 MODEL = "smollm2-135m-instruct"
 LLM_DEPLOYMENT = f"llm-{MODEL}"
-VLLM_DEPLOYMENTS = ("llm-", "embedding-")
 
 
 def replica_pids(deployment: str) -> list[int]:
@@ -36,16 +35,10 @@ def serve_replicas() -> dict[str, set[int]]:
     return found
 
 
-def engine_cores() -> list[psutil.Process]:
-    """vLLM's engine-core processes (one per live vLLM replica: the LLM's and the embedding
-    model's)."""
-    return [p for p in psutil.process_iter(["cmdline"]) if "EngineCore" in _title(p)]
-
-
-def vllm_replicas() -> int:
-    """Live replicas that run a vLLM engine."""
-    replicas = serve_replicas()
-    return sum(len(pids) for name, pids in replicas.items() if name.startswith(VLLM_DEPLOYMENTS))
+def engine_cores(replica: int) -> list[psutil.Process]:
+    """vLLM's engine-core processes started by the replica process ``replica``."""
+    children = psutil.Process(replica).children(recursive=True)
+    return [p for p in children if "EngineCore" in " ".join(p.cmdline())]
 
 
 def _title(process: psutil.Process) -> str:

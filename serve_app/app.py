@@ -72,15 +72,15 @@ def _front(
         preprocessor = (
             serve.deployment(AudioPreprocessor).options(**options).bind(args.audio.max_duration_s)
         )
-    limiter = (
-        serve.deployment(RateLimiter)
-        .options(**args.rate_limiter.to_serve_options("rate-limiter"))
-        .bind()
-    )
     store = (
         serve.deployment(ResponseStore)
         .options(**args.store.deployment.to_serve_options("response-store"))
         .bind(args.store.model_dump(mode="json", exclude={"deployment"}))
+    )
+    limiter = (
+        serve.deployment(RateLimiter)
+        .options(**args.rate_limiter.to_serve_options("rate-limiter"))
+        .bind(store)  # the usage ledger is in the store
     )
     options = args.ingress.to_serve_options("ingress")
     if user_config is not None:

@@ -30,18 +30,26 @@ Endpoint = Literal[
     "conversations",
     "audio-transcriptions",
     "audio-translations",
+    "usage",
 ]
 ALL = "*"
+NAMED = frozenset({"usage"})  # scopes ``*`` does not give: reading every key's usage
 
 
 class KeyLimits(BaseModel):
-    """Per-key rate limits over a sliding minute (None: unlimited)."""
+    """Per-key rate limits over a sliding minute, and budgets per UTC calendar day and month
+    (None: unlimited). Tokens are prompt + completion (LLMs, embeddings, upstream models);
+    audio seconds are speech input (transcriptions, translations, ``input_audio`` parts)."""
 
     model_config = ConfigDict(extra="forbid")
 
     requests_per_minute: int | None = Field(None, ge=1)
-    tokens_per_minute: int | None = Field(None, ge=1, description="LLM prompt + completion.")
-    audio_seconds_per_minute: float | None = Field(None, gt=0, description="Speech input.")
+    tokens_per_minute: int | None = Field(None, ge=1)
+    audio_seconds_per_minute: float | None = Field(None, gt=0)
+    tokens_per_day: int | None = Field(None, ge=1)
+    tokens_per_month: int | None = Field(None, ge=1)
+    audio_seconds_per_day: float | None = Field(None, gt=0)
+    audio_seconds_per_month: float | None = Field(None, gt=0)
 
     @property
     def any(self) -> bool:
@@ -73,7 +81,8 @@ class APIKey(BaseModel):
         return hashlib.sha256(self.secret.get_secret_value().encode()).digest()
 
     def allows_endpoint(self, endpoint: str) -> bool:
-        return ALL in self.endpoints or endpoint in self.endpoints
+        """``*`` is every endpoint but those that must be named (``usage``: every key's)."""
+        return endpoint in self.endpoints or (ALL in self.endpoints and endpoint not in NAMED)
 
     def allows_model(self, model_id: str, aliases: list[str]) -> bool:
         return ALL in self.models or any(n in self.models for n in (model_id, *aliases))
@@ -87,7 +96,10 @@ class KeysFile(BaseModel):
 
 def load_keys(plain: list[str], keys_file: str | None) -> list[APIKey]:
     """The configured keys; names must be unique."""
-    keys = [APIKey(name=f"env-{i}", secret=secret) for i, secret in enumerate(plain, start=1)]
+    keys = [  # full access, the usage of every key included
+        APIKey(name=f"env-{i}", secret=secret, endpoints=[ALL, "usage"])
+        for i, secret in enumerate(plain, start=1)
+    ]
     if keys_file:
         text = Path(keys_file).read_text()
         data = json.loads(text) if keys_file.endswith(".json") else yaml.safe_load(text)

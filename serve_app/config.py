@@ -85,6 +85,11 @@ class StoreOptions(StrictModel):
     retention_days: float = Field(
         30, gt=0, description="Stored responses are deleted this long after their creation."
     )
+    usage_retention_days: float = Field(
+        400,
+        gt=0,
+        description="The usage ledger (per-minute usage per key and model) keeps this long.",
+    )
     max_input_items: int = Field(
         2048, ge=1, description="Input items one request may carry (400 above)."
     )

@@ -31,6 +31,7 @@ from serve_app.routes import (
     health,
     models,
     responses,
+    usage,
 )
 from serve_app.settings import Settings
 from serve_app.store import HandleStore
@@ -74,7 +75,17 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
             expose_headers=["X-Request-Id", "Retry-After"],
         )
-    for module in (health, models, generation, embeddings, responses, conversations, audio, docs):
+    for module in (
+        health,
+        models,
+        generation,
+        embeddings,
+        responses,
+        conversations,
+        audio,
+        usage,
+        docs,
+    ):
         app.include_router(module.router)
     docs.install_openapi(app)
     paths = [(r.path_regex, r.path) for r in app.routes if hasattr(r, "path_regex")]

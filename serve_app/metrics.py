@@ -1,4 +1,6 @@
-"""The ingress's Prometheus metrics, one pipeline observer (``ray.serve.metrics``).
+"""The API's Prometheus metrics (``ray.serve.metrics``): the ingress's, one pipeline
+observer, and the token and audio counters the rate limiter counts from each charge (so they
+include usage that model replicas charged for work cut short, and agree with the ledger).
 
 Ray's metrics agent exports them with a ``ray_`` prefix (counters also get ``_total``) next
 to Serve's own and vLLM's engine metrics; ``METRICS`` lists what is exported and the README's
@@ -8,7 +10,8 @@ metrics table and ``cluster/grafana-dashboard.json`` use these names. Serve adds
 Labels are bounded: ``model`` is a configured model id (empty when the request named none
 that is configured), ``route`` a route of the API (``other`` for unknown paths), ``key`` a
 configured key name (empty when no key was accepted, never the secret), ``code`` the error
-envelope's ``code`` (empty on success).
+envelope's ``code`` (empty on success), ``ended`` one of ``completed``, ``cancelled``,
+``failed``.
 """
 
 from collections import Counter as Tally
@@ -19,10 +22,10 @@ from ray.serve import metrics
 # Seconds: from a tenth of a second (a small completion) to the request timeout.
 LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600]
 TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30]
-# Usage count -> ``kind`` label; reasoning tokens are part of completion, also counted alone.
+# Charge field -> ``kind`` label; reasoning tokens are part of completion, also counted alone.
 TOKEN_KINDS = {
-    "prompt_tokens": "prompt",
-    "completion_tokens": "completion",
+    "input_tokens": "prompt",
+    "output_tokens": "completion",
     "reasoning_tokens": "reasoning",
 }
 
@@ -45,13 +48,16 @@ METRICS = {
     ),
     "ray_openai_api_tokens_total": (
         "counter",
-        "model, route, key, kind",
-        "Tokens by kind: prompt, completion, reasoning (part of completion).",
+        "model, route, key, kind, ended",
+        "Tokens charged, by kind: prompt, completion, reasoning (part of completion); "
+        "`ended`: completed, cancelled (cut short: client gone, timeout, cancel), failed. "
+        "Counted by the rate limiter from the ledger's charges.",
     ),
     "ray_openai_api_audio_seconds_total": (
         "counter",
-        "model, route, key",
-        "Seconds of audio transcribed or translated (also `input_audio` chat parts).",
+        "model, route, key, ended",
+        "Seconds of audio transcribed or translated (also `input_audio` chat parts), as "
+        "charged to the ledger.",
     ),
     "ray_openai_api_requests_in_flight": (
         "gauge",
@@ -59,6 +65,31 @@ METRICS = {
         "Admitted requests not finished yet, per ingress replica.",
     ),
 }
+
+
+class UsageMetrics:
+    """The token and audio counters, counted by the rate limiter from each charge."""
+
+    def __init__(self) -> None:
+        self.tokens = metrics.Counter(
+            "openai_api_tokens",
+            description=METRICS["ray_openai_api_tokens_total"][2],
+            tag_keys=("model", "route", "key", "kind", "ended"),
+        )
+        self.audio_seconds = metrics.Counter(
+            "openai_api_audio_seconds",
+            description=METRICS["ray_openai_api_audio_seconds_total"][2],
+            tag_keys=("model", "route", "key", "ended"),
+        )
+
+    def count(self, charge: Any) -> None:
+        tags = {"model": charge.model, "route": charge.route, "key": charge.key}
+        tags["ended"] = charge.ended
+        for name, kind in TOKEN_KINDS.items():
+            if amount := getattr(charge, name):
+                self.tokens.inc(amount, tags={**tags, "kind": kind})
+        if charge.audio_seconds:
+            self.audio_seconds.inc(charge.audio_seconds, tags=tags)
 
 
 class Metrics:
@@ -81,16 +112,6 @@ class Metrics:
             description=METRICS["ray_openai_api_time_to_first_token_seconds"][2],
             boundaries=TTFT_BUCKETS,
             tag_keys=("model", "route"),
-        )
-        self.tokens = metrics.Counter(
-            "openai_api_tokens",
-            description=METRICS["ray_openai_api_tokens_total"][2],
-            tag_keys=("model", "route", "key", "kind"),
-        )
-        self.audio_seconds = metrics.Counter(
-            "openai_api_audio_seconds",
-            description=METRICS["ray_openai_api_audio_seconds_total"][2],
-            tag_keys=("model", "route", "key"),
         )
         self.in_flight = metrics.Gauge(
             "openai_api_requests_in_flight",
@@ -119,10 +140,3 @@ class Metrics:
             self.ttft.observe(
                 record.first_byte - record.started, tags={"model": model, "route": route}
             )
-        for name, kind in TOKEN_KINDS.items():
-            if record.usage.get(name):
-                tags = {"model": model, "route": route, "key": key, "kind": kind}
-                self.tokens.inc(record.usage[name], tags=tags)
-        if record.usage.get("audio_seconds"):
-            tags = {"model": model, "route": route, "key": key}
-            self.audio_seconds.inc(record.usage["audio_seconds"], tags=tags)

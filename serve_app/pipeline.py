@@ -21,7 +21,8 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments.common.contracts import ErrorFrame, Usage
+from deployments.common.contracts import Charge, ErrorFrame, Usage
+from deployments.common.usage import Account
 from serve_app.auth import APIKey, authorize_model
 from serve_app.dispatch import frames_to_response
 from serve_app.log import LOGGER, request_id_of
@@ -32,6 +33,12 @@ logger = logging.getLogger(LOGGER)
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer ended"
 SETTLE_TIMEOUT_S = 2.0  # a response's end waits at most this long for its usage to be charged
 _ERROR_BODY_MAX = 16 * 1024  # error envelopes are small; read their ``code`` up to this size
+# Route -> the Usage API's endpoint kind its usage is reported under (others: completions).
+LEDGER_KINDS = {
+    "/v1/embeddings": "embeddings",
+    "/v1/audio/transcriptions": "audio_transcriptions",
+    "/v1/audio/translations": "audio_transcriptions",
+}
 
 
 @dataclass
@@ -61,11 +68,21 @@ class Finished:
         for name, amount in usage.items():
             self.usage[name] = self.usage.get(name, 0.0) + amount
 
-    def charges(self) -> dict[str, float]:
-        """What the rate limiter's budgets count: tokens (prompt + completion), audio seconds."""
-        tokens = self.usage.get("prompt_tokens", 0.0) + self.usage.get("completion_tokens", 0.0)
-        charges = {"tokens": tokens, "audio": self.usage.get("audio_seconds", 0.0)}
-        return {kind: amount for kind, amount in charges.items() if amount > 0}
+    def account(self, limiter: Any) -> Account:
+        """Whom this request's usage is charged to; ``limiter``: the rate limiter's handle."""
+        return Account(
+            key=self.key.name if self.key else "",
+            kind=LEDGER_KINDS.get(self.route, "completions"),
+            route=self.route,
+            limiter=(limiter.deployment_name, limiter.app_name),
+        )
+
+    def charge(self, limiter: Any) -> Charge | None:
+        """What the request used, as the ledger's charge (None if it used nothing)."""
+        if not any(self.usage.values()):
+            return None
+        ended = "completed" if self.status < 400 or self.status == CLIENT_CLOSED else "failed"
+        return self.account(limiter).charge(self.model, self.usage, ended)
 
     def failed(self, frame: ErrorFrame) -> None:
         """An error the client got inside a stream (its HTTP status was already 200)."""

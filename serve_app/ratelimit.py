@@ -1,21 +1,58 @@
-"""Per-key rate limits shared by every ingress replica.
+"""Per-key limits and budgets, and the writer of the usage ledger.
 
-Counters live in one small ``RateLimiter`` deployment (one replica, no CPU reserved), so
-limits hold across any number of ingress replicas. Requests are admitted against a sliding
-one-minute window; tokens and audio seconds are recorded when a response completes, so a
-key over its budget is refused from its next request on.
+One small ``RateLimiter`` deployment (one replica, no CPU reserved) holds every key's
+counters, so limits hold across any number of ingress replicas:
+
+- a sliding minute of requests, tokens and audio seconds (``*_per_minute``: 429
+  ``rate_limit_exceeded`` with ``Retry-After``);
+- the UTC calendar day and month of tokens and audio seconds (``*_per_day``,
+  ``*_per_month``: 429 ``insufficient_quota`` until the period ends).
+
+Requests are counted when admitted; usage when it is charged (``charge``): by the ingress
+when a response ends (before its last bytes), by a model replica when its work was cut
+short (``deployments/common/usage.py``). A charge is committed to the ledger in the store
+(``serve_app/store/ledger.py``) before ``charge`` returns; concurrent charges share one
+transaction. A charge the store does not take is kept and written again every
+``RETRY_S`` until it does (it counts against the budgets meanwhile). After a restart the
+counters come back from the ledger before anything is admitted, so a restart, a redeploy or a
+``kill -9`` of this replica forgets no budget. The token and audio counters of Prometheus
+are counted here too, from the same charges, so the ledger and the metrics agree.
 """
 
+import asyncio
+import dataclasses
+import logging
 import math
 import time
 from collections import deque
+from datetime import UTC, datetime
 from typing import Any
 
+from deployments.common.contracts import Charge
+from deployments.common.usage import Account
 from serve_app.auth import APIKey
 from serve_app.errors import APIError
+from serve_app.log import LOGGER
+from serve_app.metrics import UsageMetrics
+from serve_app.store import HandleStore
+
+logger = logging.getLogger(LOGGER)
 
 WINDOW_S = 60.0
-KINDS = {"tokens": "tokens_per_minute", "audio": "audio_seconds_per_minute"}
+RETRY_S = 1.0  # charges the store refused are written again this often
+# Budget kind -> the limits that spend it, by period.
+BUDGETS = {
+    "tokens": {
+        "minute": "tokens_per_minute",
+        "day": "tokens_per_day",
+        "month": "tokens_per_month",
+    },
+    "audio": {
+        "minute": "audio_seconds_per_minute",
+        "day": "audio_seconds_per_day",
+        "month": "audio_seconds_per_month",
+    },
+}
 
 
 class _Window:
@@ -45,79 +82,213 @@ class _Window:
         return WINDOW_S
 
 
-class RateLimiter:
-    """Sliding-minute counters per key name. Deploy with exactly one replica."""
+def period_start(period: str, now: float) -> int:
+    """Unix time the UTC ``day`` or ``month`` holding ``now`` began."""
+    moment = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "month":
+        moment = moment.replace(day=1)
+    return int(moment.timestamp())
 
-    def __init__(self) -> None:
+
+def period_end(period: str, now: float) -> int:
+    """Unix time the UTC ``day`` or ``month`` holding ``now`` ends."""
+    start = datetime.fromtimestamp(period_start(period, now), UTC)
+    if period == "day":
+        return int(start.timestamp()) + 86400
+    month = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+    return int(month.timestamp())
+
+
+class _Period:
+    """A key's usage of one kind in the current UTC day or month."""
+
+    __slots__ = ("start", "total")
+
+    def __init__(self, start: int, total: float = 0.0) -> None:
+        self.start, self.total = start, total
+
+
+def amounts(charge: Charge) -> dict[str, float]:
+    """What a charge spends of each budget kind."""
+    return {"tokens": float(charge.tokens), "audio": charge.audio_seconds}
+
+
+class RateLimiter:
+    """Every key's counters, and the ledger's writer. Deploy with exactly one replica."""
+
+    def __init__(self, store: Any, clock: Any = time.time) -> None:
+        self.ledger = HandleStore(store)
+        self.clock = clock
+        self.metrics = UsageMetrics()
         self._windows: dict[tuple[str, str], _Window] = {}
+        self._periods: dict[tuple[str, str, str], _Period] = {}
+        self._restored: asyncio.Task | None = None
+        self._pending: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self._writer: asyncio.Task | None = None
+        self._unwritten: list[dict[str, Any]] = []  # refused by the store: written again later
+
+    async def _restore(self) -> None:
+        """Load the counters from the ledger, once (a failed load is tried again on the next
+        call: until it succeeds, nothing is admitted against a budget)."""
+        if self._restored is None or (self._restored.done() and self._restored.exception()):
+            self._restored = asyncio.ensure_future(self._load())
+        await asyncio.shield(self._restored)
+
+    async def _load(self) -> None:
+        now = self.clock()
+        minute = int(now - WINDOW_S) // 60 * 60
+        starts = {"minute": minute, **{p: period_start(p, now) for p in ("day", "month")}}
+        for period, start in starts.items():
+            for key, tokens, audio in await self.ledger.usage_totals(start):
+                for kind, total in (("tokens", tokens), ("audio", audio)):
+                    if period == "minute":  # conservatively, as if charged just now
+                        self._window(key, kind, now).add(now, total)
+                    else:
+                        self._periods[(key, kind, period)] = _Period(start, total)
+        logger.info("rate limiter: counters of %d keys loaded from the ledger", len(self._keys()))
+
+    def _keys(self) -> set[str]:
+        return {key for key, _ in self._windows} | {key for key, _, _ in self._periods}
 
     def _window(self, key: str, kind: str, now: float) -> _Window:
         window = self._windows.setdefault((key, kind), _Window())
         window.expire(now)
         return window
 
-    def admit(self, key: str, limits: dict[str, Any], kinds: tuple[str, ...] = ()) -> float | None:
-        """Count one request; return None if admitted, else seconds to wait.
+    def _period(self, key: str, kind: str, period: str, now: float) -> _Period:
+        start = period_start(period, now)
+        found = self._periods.get((key, kind, period))
+        if found is None or found.start != start:
+            found = self._periods[(key, kind, period)] = _Period(start)
+        return found
 
-        ``kinds`` (``tokens``, ``audio``) name the usage budgets that also have to have room.
+    async def admit(
+        self, key: str, limits: dict[str, Any], kinds: tuple[str, ...] = ()
+    ) -> tuple[float, str] | None:
+        """Count one request; None if admitted, else ``(seconds to wait, error code)``.
+
+        ``kinds`` (``tokens``, ``audio``) name the usage budgets that also need room. A spent
+        day or month budget is ``insufficient_quota`` (until the period ends); a full minute
+        ``rate_limit_exceeded``.
         """
-        now = time.monotonic()
+        await self._restore()
+        now = self.clock()
+        for kind in kinds:
+            for period in ("month", "day"):
+                budget = limits.get(BUDGETS[kind][period])
+                if budget is not None and self._period(key, kind, period, now).total >= budget:
+                    return period_end(period, now) - now, "insufficient_quota"
         rpm = limits.get("requests_per_minute")
         requests = self._window(key, "requests", now)
         waits = []
         if rpm is not None and requests.total >= rpm:
             waits.append(requests.retry_after(now, rpm))
         for kind in kinds:
-            budget = limits.get(KINDS[kind])
+            budget = limits.get(BUDGETS[kind]["minute"])
             if budget is None:
                 continue
             usage = self._window(key, kind, now)
             if usage.total >= budget:
                 waits.append(usage.retry_after(now, budget))
         if waits:
-            return max(waits)
+            return max(waits), "rate_limit_exceeded"
         requests.add(now, 1)
         return None
 
-    def record(self, key: str, kind: str, amount: float) -> None:
-        """Add completed usage (tokens or audio seconds) to the key's window."""
-        if amount > 0:
-            now = time.monotonic()
-            self._window(key, kind, now).add(now, amount)
+    async def charge(self, charges: list[Charge]) -> bool:
+        """Charge usage to its keys' budgets and write it to the ledger; True once committed
+        (False: the store refused it; it is kept and written again later)."""
+        await self._restore()
+        now = self.clock()
+        rows = []
+        for charge in charges:
+            charge.at = now
+            for kind, amount in amounts(charge).items():
+                if amount > 0:
+                    self._window(charge.key, kind, now).add(now, amount)
+                    for period in ("day", "month"):
+                        self._period(charge.key, kind, period, now).total += amount
+            self.metrics.count(charge)
+            rows.append(dataclasses.asdict(charge))
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((rows, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write())
+        return await asyncio.shield(done)
+
+    async def _write(self) -> None:
+        """Commit pending charges, all that have come in since the last commit in one
+        transaction, until none is left; then the ones the store refused, every ``RETRY_S``."""
+        while self._pending or self._unwritten:
+            batch, self._pending = self._pending, []
+            rows = [row for part, _ in batch for row in part]
+            try:
+                await self.ledger.add_usage(self._unwritten + rows)
+                self._unwritten, committed = [], True
+            except Exception:
+                logger.exception("usage ledger: %d charges not written; retrying", len(rows))
+                self._unwritten += rows
+                committed = False
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(committed)
+            if not committed:
+                await asyncio.sleep(RETRY_S)
 
     async def check_health(self) -> None:
-        """In-memory counters: nothing to check."""
+        """Healthy while the ledger's charges get written (a backlog is retried)."""
 
 
 class RateLimits:
-    """The ingress side: admit requests and record usage through the limiter's handle."""
+    """The ingress side: admit requests and charge usage through the limiter's handle."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
     async def admit(self, key: APIKey | None, kinds: tuple[str, ...] = ()) -> None:
-        """429 ``rate_limit_exceeded`` with ``Retry-After`` when the key is over a limit."""
+        """429 when the key is over a limit: ``rate_limit_exceeded`` with ``Retry-After``,
+        or ``insufficient_quota`` when a day or month budget is spent."""
         if key is None or not key.limits.any or self.handle is None:
             return
-        wait = await self.handle.admit.remote(key.name, key.limits.model_dump(), kinds)
-        if wait is not None:
-            seconds = math.ceil(wait)
+        try:
+            refused = await self.handle.admit.remote(key.name, key.limits.model_dump(), kinds)
+        except Exception:
+            logger.exception("rate limiter unavailable")
             raise APIError(
-                429,
-                f"Rate limit reached for API key '{key.name}'. Please try again in {seconds}s.",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(seconds)},
+                503,
+                "The rate limiter is unavailable. Please retry.",
+                code="unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
+        if refused is None:
+            return
+        wait, code = refused
+        seconds = math.ceil(wait)
+        if code == "insufficient_quota":
+            message = (
+                f"You exceeded your current quota: API key '{key.name}' has spent a daily or "
+                f"monthly budget. It renews in {seconds}s (at the start of the next UTC day "
+                "or month)."
             )
+        else:
+            message = (
+                f"Rate limit reached for API key '{key.name}'. Please try again in {seconds}s."
+            )
+        raise APIError(429, message, code=code, headers={"Retry-After": str(seconds)})
+
+    def account(self, record: Any) -> Account | None:
+        """Whom ``record``'s request is charged to, for a replica that charges work cut short
+        (None without a limiter: unit tests of the routes)."""
+        return record.account(self.handle) if self.handle is not None else None
 
     def admitted(self, record: Any) -> None:
         """Pipeline observer: nothing to do (``admit`` above already counted the request)."""
 
     def finished(self, record: Any) -> None:
-        """Pipeline observer: charge a finished request's usage to its key's budgets (the
-        pipeline awaits the calls before the response ends: ``Finished.settling``)."""
-        key = record.key
-        if key is None or self.handle is None:
+        """Pipeline observer: charge a finished request's usage (the pipeline awaits the call
+        before the response ends: ``Finished.settling``)."""
+        if self.handle is None:
             return
-        for kind, amount in record.charges().items():
-            if getattr(key.limits, KINDS[kind]) is not None:
-                record.settling.append(self.handle.record.remote(key.name, kind, amount))
+        charge = record.charge(self.handle)
+        if charge is not None:
+            record.settling.append(self.handle.charge.remote([charge]))

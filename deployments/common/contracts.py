@@ -47,7 +47,13 @@ class ErrorFrame:
         }
 
 
-USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "audio_seconds")
+USAGE_COUNTS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "audio_seconds",
+)
 Usage = dict[str, float]  # name in USAGE_COUNTS -> amount
 
 
@@ -55,12 +61,45 @@ def token_usage(usage: dict[str, Any] | None) -> Usage:
     """The counts of an OpenAI ``usage`` object (reasoning from either of its spellings)."""
     usage = usage or {}
     details = usage.get("completion_tokens_details") or {}
+    prompt_details = usage.get("prompt_tokens_details") or {}
     counts = {
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),
         "reasoning_tokens": details.get("reasoning_tokens") or usage.get("reasoning_tokens"),
+        "cached_tokens": prompt_details.get("cached_tokens"),
     }
     return {k: float(v) for k, v in counts.items() if isinstance(v, int | float) and v > 0}
+
+
+@dataclass(slots=True)
+class Charge:
+    """What one request used, charged to its key's budgets and the usage ledger.
+
+    ``kind`` is the Usage API's endpoint kind (``completions``, ``embeddings``,
+    ``audio_transcriptions``); ``ended`` how the request ended (``completed``; ``cancelled``:
+    the engine stopped early because the client went away, the request timed out or was
+    cancelled; ``failed``: cut by an error, counts as far as known); ``estimated``: counts
+    that are not the engine's (an upstream provider that sent none, a dead replica).
+    """
+
+    key: str  # the API key's name ("" when the API runs without keys)
+    model: str
+    kind: str
+    route: str  # the API route (metrics label)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0  # part of output_tokens (metrics only)
+    audio_seconds: float = 0.0
+    ended: str = "completed"
+    estimated: bool = False
+    batch: bool = False
+    request: bool = True  # counts as a request (False: more usage of one already counted)
+    at: float = 0.0  # Unix time it was charged at (set by the limiter)
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
 
 
 @dataclass(slots=True)

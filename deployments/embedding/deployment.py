@@ -7,8 +7,11 @@ same readiness, health check and shutdown."""
 
 import logging
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
+from deployments.common.contracts import Frame
+from deployments.common.usage import Account
 from deployments.llm.deployment import ENGINE_ENV_DEFAULTS, LLMDeployment
 
 logger = logging.getLogger("ray.serve.deployments.embedding")
@@ -30,3 +33,10 @@ class EmbeddingDeployment(LLMDeployment):
         self.engine = EmbeddingEngine(model_id, source, engine_options)
         await self.engine.check_output(dimensions)
         logger.info("embedding %s ready (%d dimensions, source %s)", model_id, dimensions, source)
+
+    def _frames(
+        self, endpoint: str, body: dict[str, Any], request_id: str, account: Account | None
+    ) -> AsyncIterator[Frame]:
+        """One frame: the whole body, or an error (the family charges nothing cut short, so
+        ``account`` is never given)."""
+        return self.engine.generate(endpoint, body, request_id)

@@ -14,6 +14,8 @@ from ray import serve
 
 from deployments.common.channel import Batch, Outbox
 from deployments.common.contracts import Frame
+from deployments.common.usage import Account, metered
+from deployments.llm.schema import RequestStats
 
 logger = logging.getLogger("ray.serve.deployments.llm")
 
@@ -46,7 +48,12 @@ class LLMDeployment:
         return Outbox(serve.get_replica_context().replica_id.unique_id)
 
     async def generate(
-        self, endpoint: str, body: dict[str, Any], request_id: str, caller: str | None = None
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        caller: str | None = None,
+        account: Account | None = None,
     ) -> AsyncIterator[Any]:
         """Run a chat (``endpoint="chat"``) or completions request; yields frames.
 
@@ -54,11 +61,21 @@ class LLMDeployment:
         (non-streaming request) or the first ``ChunkFrame`` of a stream. Chunks are yielded as
         soon as the engine produces them; with a ``caller`` (an ingress replica), those after
         the first go on its channel when it has one here (``Outbox.relay``). Cancelling the
-        call aborts the generation.
+        call aborts the generation; what the engine did until then is charged to ``account``
+        (``deployments/common/usage.py``).
         """
-        frames: AsyncIterator[Frame] = self.engine.generate(endpoint, body, request_id)
+        frames = self._frames(endpoint, body, request_id, account)
         async for frame in self.outbox.relay(frames, request_id, caller):
             yield frame
+
+    def _frames(
+        self, endpoint: str, body: dict[str, Any], request_id: str, account: Account | None
+    ) -> AsyncIterator[Frame]:
+        """The engine's frames for one request, what it did charged to ``account`` if the
+        request is cut short."""
+        stats = RequestStats()
+        frames = self.engine.generate(endpoint, body, request_id, stats)
+        return metered(frames, account, self.model_id, stats.used)
 
     async def channel(self, caller: str) -> AsyncIterator[str | Batch]:
         """The per-step channel to the ingress replica ``caller`` (``Outbox.channel``)."""

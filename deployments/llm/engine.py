@@ -106,6 +106,19 @@ class VLLMEngine(HeldEngine):
         )
         self._generate = self.engine.generate
         self.engine.generate = self._tapped_generate  # the serving layer calls this
+        processor = self.engine.output_processor
+        add_request = processor.add_request
+
+        def tapped_add_request(request: Any, *args: Any, **kwargs: Any) -> None:
+            """Keep the engine's record of each sequence of the request being served (its
+            counts of what was done outlive an abort: ``RequestStats.used``)."""
+            add_request(request, *args, **kwargs)
+            stats = _stats.get()
+            state = processor.request_states.get(request.request_id)
+            if stats is not None and state is not None:
+                stats.states.append(state)
+
+        processor.add_request = tapped_add_request  # AsyncLLM.generate calls it in our task
         chat_template = load_chat_template(template_path(options.get("chat_template")))
         tool_parser = options.get("tool_call_parser")
         auto_tools = bool(options.get("enable_auto_tool_choice"))
@@ -172,13 +185,15 @@ class VLLMEngine(HeldEngine):
             yield output
 
     async def generate(
-        self, endpoint: str, body: dict[str, Any], request_id: str
+        self, endpoint: str, body: dict[str, Any], request_id: str, stats: RequestStats
     ) -> AsyncIterator[Frame]:
         """Run one OpenAI request (``endpoint`` is ``chat`` or ``completions``) and yield frames.
 
         ``body`` is a vLLM request body plus ``return_prompt`` (ours: add the rendered prompt).
         A stream always ends with a ``UsageFrame`` (token counts); the usage chunk itself is
         only sent on when the client asked for it (``stream_options.include_usage``).
+        ``stats`` gets what the engine reports of the request (``RequestStats.used``: what it
+        did so far, when the request is cut short).
         """
         body = {**body, "model": self.model_id, "request_id": request_id}
         return_prompt = bool(body.pop("return_prompt", False))
@@ -187,7 +202,7 @@ class VLLMEngine(HeldEngine):
         client_wants_usage = bool(options.get("include_usage"))
         if body.get("stream"):
             body["stream_options"] = {**options, "include_usage": True}
-        stats = RequestStats(want_prompt=return_prompt)
+        stats.want_prompt = return_prompt
         token = _stats.set(stats)
         try:
             async for frame in self._frames(chat, body, stats, client_wants_usage, return_prompt):

@@ -8,7 +8,7 @@ as present-but-nullable, and add what our API promises on top of vLLM's answer:
 and, when asked for, the rendered ``prompt``.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # Fields OpenAI's schemas require even when null (choices, messages, deltas, logprobs).
@@ -37,6 +37,21 @@ class RequestStats:
     generated: int = 0
     scheduled_ts: float | None = None
     last_token_ts: float | None = None
+    # The engine's own records of the request's sequences (vLLM's ``RequestState``), which
+    # keep counting until the engine lets the request go: what ``used`` reads.
+    states: list[Any] = field(default_factory=list)
+
+    def used(self) -> dict[str, float]:
+        """What the engine counted so far: the prompt once it was prefilled, and every token
+        generated (a request cut short is charged this)."""
+        generated = sum(s.stats.num_generation_tokens for s in self.states if s.stats)
+        if not generated:
+            return {}
+        return {
+            "prompt_tokens": float(max(s.prompt_len or 0 for s in self.states)),
+            "completion_tokens": float(generated),
+            "cached_tokens": float(max(s.num_cached_tokens for s in self.states)),
+        }
 
     def observe(self, generated: int, scheduled_ts: float, last_token_ts: float) -> None:
         """Fold in one finished sequence's figures."""

@@ -37,7 +37,8 @@ class Family:
     variables a model's replica processes start with (e.g. thread counts their native
     libraries read once, at load). ``channel``: its deployment's ``generate`` takes a
     ``caller`` and it has a ``channel`` method; its streams' chunks travel on per-step
-    channels (``deployments/common/channel.py``).
+    channels (``deployments/common/channel.py``). ``meters_aborts``: its ``generate`` takes
+    an ``account`` and charges work cut short to it (``deployments/common/usage.py``).
     """
 
     name: str
@@ -56,6 +57,7 @@ class Family:
     replica_env: Callable[[Any], dict[str, str]] = lambda model: {}
     bind_extra: Callable[[Any], tuple[Any, ...]] = lambda model: ()
     channel: bool = False
+    meters_aborts: bool = False
 
     def deployment_class(self) -> type:
         module, _, name = self.deployment.partition(":")

@@ -126,5 +126,6 @@ FAMILY = register(
         check=check,
         backend_body=backend_body,
         channel=True,
+        meters_aborts=True,
     )
 )

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from deployments.common.usage import Account
 from serve_app.audio_parts import transcribe_parts
 from serve_app.auth import APIKey, require
 from serve_app.channels import CHANNELS
@@ -39,18 +40,28 @@ async def prepare(
     return model, record, family.backend_body(body, model.config)
 
 
-def generate_call(model: ServedModel, endpoint: str, payload: dict[str, Any], rid: str):
+def generate_call(
+    model: ServedModel,
+    endpoint: str,
+    payload: dict[str, Any],
+    rid: str,
+    account: Account | None = None,
+):
     """The streaming handle call that runs ``payload`` on the model's deployment.
 
     Calls go over Serve's gRPC data plane (``_by_reference=False``): about a third less CPU
     per message in the model replica than Ray object refs (measured per process under
     bench/vs_vllm.py's load). A family with per-step channels gets its streams' chunks on
-    them (``serve_app/channels.py``)."""
+    them (``serve_app/channels.py``); one that meters aborts gets the ``account`` its
+    replica charges work cut short to (``deployments/common/usage.py``)."""
     generate = model.handle.options(stream=True, _by_reference=False).generate
+    extra = {"account": account} if model.family.meters_aborts and account else {}
     if not model.family.channel:
-        return lambda: generate.remote(endpoint, payload, rid)
+        return lambda: generate.remote(endpoint, payload, rid, **extra)
     return lambda: CHANNELS.call(
-        model.handle, lambda caller: generate.remote(endpoint, payload, rid, caller=caller), rid
+        model.handle,
+        lambda caller: generate.remote(endpoint, payload, rid, caller=caller, **extra),
+        rid,
     )
 
 
@@ -58,7 +69,8 @@ async def _generate(
     endpoint: str, body: GenerationRequest, request: Request, key: APIKey | None
 ) -> Response:
     model, record, payload = await prepare(endpoint, body, request, key)
-    call = generate_call(model, endpoint, payload, record.request_id)
+    account = request.app.state.rate_limits.account(record)
+    call = generate_call(model, endpoint, payload, record.request_id, account)
     return await run_backend(request, model, record, bool(body.stream), call)
 
 

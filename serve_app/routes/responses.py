@@ -86,6 +86,7 @@ async def create_response(body: ResponseRequest, request: Request, key: Key) -> 
     await _keep_transcripts(request, owner, body.conversation_id, history, items, texts)
     record.stream = bool(body.stream)
     rid = record.request_id
+    account = request.app.state.rate_limits.account(record)
     builder = ResponseBuilder(base_response(new_id("resp"), body, model.id, int(time.time())))
     limits = registry(request).config.limits
     timeout_s = limits.stream_ttft_timeout_s if body.stream else limits.request_timeout_s
@@ -105,7 +106,7 @@ async def create_response(body: ResponseRequest, request: Request, key: Key) -> 
                 messages = _from_user_turn(messages, first_kept)
             shorter = chat.model_copy(update={"messages": messages})
             sent = {**model.family.backend_body(shorter, model.config), **STREAMED}
-            call = generate_call(model, "chat", sent, rid)
+            call = generate_call(model, "chat", sent, rid, account)
             try:
                 stream, first = await open_call(
                     call, rid, timeout_s, limits.retry_after_s, needs=(model.handle,)

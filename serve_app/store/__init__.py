@@ -1,4 +1,5 @@
-"""Stored responses for the Responses API: where they live and who may read them.
+"""Stored responses for the Responses API, conversations and the usage ledger: where they
+live and who may read them.
 
 ``open_store`` makes the backend the config names: ``SQLiteStore`` (the embedded default, one
 file) or ``PostgresStore`` (clusters). The ``ResponseStore`` deployment owns it; the ingress
@@ -25,6 +26,7 @@ def default_path() -> Path:
 def open_store(options: Any) -> SQLStore:
     """The backend of ``options`` (a ``StoreOptions``), not yet started."""
     retention_s = options.retention_days * 86400
+    usage_retention_s = options.usage_retention_days * 86400
     if options.backend == "postgres":
         from serve_app.store.postgres import PostgresStore  # noqa: PLC0415 - psycopg if used
 
@@ -34,11 +36,11 @@ def open_store(options: Any) -> SQLStore:
                 f"store.backend is postgres but ${options.dsn_env} (the connection string) "
                 "is not set in the store replica's environment"
             )
-        return PostgresStore(dsn, retention_s)
+        return PostgresStore(dsn, retention_s, usage_retention_s)
     from serve_app.store.sqlite import SQLiteStore  # noqa: PLC0415
 
     path = Path(options.path).expanduser() if options.path else default_path()
-    return SQLiteStore(str(path), retention_s)
+    return SQLiteStore(str(path), retention_s, usage_retention_s)
 
 
 class HandleStore:

@@ -12,8 +12,14 @@ _MIGRATION_LOCK = 7_220_021  # pg_advisory_xact_lock key: one migrating replica 
 
 
 class PostgresStore(SQLStore):
-    def __init__(self, dsn: str, retention_s: float, pool_size: int = 8) -> None:
-        super().__init__(retention_s)
+    def __init__(
+        self,
+        dsn: str,
+        retention_s: float,
+        usage_retention_s: float = 400 * 86400,
+        pool_size: int = 8,
+    ) -> None:
+        super().__init__(retention_s, usage_retention_s)
         self.pool = AsyncConnectionPool(dsn, min_size=1, max_size=pool_size, open=False)
 
     async def start(self) -> None:

@@ -12,7 +12,10 @@ conversations do not expire (as OpenAI's): they last until deleted.
 import json
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
+
+import serve_app.store.ledger as ledger
 
 # Applied in order at start; the store records how many it has applied (``schema_version``).
 MIGRATIONS = [
@@ -61,6 +64,7 @@ MIGRATIONS = [
             PRIMARY KEY (response_id, seq)
         )""",
     ],
+    ledger.MIGRATION,
 ]
 RUNNING = ("queued", "in_progress")  # a background response's statuses before its end
 LEASE_LOST = {
@@ -138,11 +142,15 @@ class SQLStore(ABC):
             "conversation_items",
             "get_item",
             "delete_item",
+            "add_usage",
+            "usage_totals",
+            "usage_buckets",
         }
     )
 
-    def __init__(self, retention_s: float) -> None:
+    def __init__(self, retention_s: float, usage_retention_s: float = 400 * 86400) -> None:
         self.retention_s = retention_s
+        self.usage_retention_s = usage_retention_s
 
     @abstractmethod
     async def start(self) -> None:
@@ -344,9 +352,47 @@ class SQLStore(ABC):
         (deleted,) = await self._transaction([(delete, params)])
         return deleted > 0
 
+    async def add_usage(self, charges: list[dict[str, Any]]) -> None:
+        """Add charges to the usage ledger, committed when this returns (``ledger.py``)."""
+        await self._transaction(ledger.add_statements(charges))
+
+    async def usage_totals(self, since: int) -> list[tuple[str, float, float]]:
+        """``(key, tokens, audio seconds)`` per key, in the minutes from ``since`` on: what
+        the rate limiter's budgets count, read back after a restart."""
+        rows = await self._query(ledger.TOTALS, (since,))
+        return [(key, float(tokens), float(audio)) for key, tokens, audio in rows]
+
+    async def usage_buckets(
+        self,
+        kind: str,
+        start: int,
+        end: int,
+        width: int,
+        group_by: Sequence[str] = (),
+        keys: Sequence[str] = (),
+        models: Sequence[str] = (),
+        batch: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """The ledger's sums for the Usage API: one dict per bucket start and group (the
+        ``group_by`` columns of ``ledger.GROUPS``, then ``ledger.COUNTS``), in order."""
+        sql, params = ledger.buckets_query(kind, start, end, width, group_by, keys, models,
+                                           batch)  # fmt: skip
+        groups = [column for column in ledger.GROUPS if column in group_by]
+        rows = []
+        for row in await self._query(sql, params):
+            found: dict[str, Any] = {"bucket": int(row[0])}
+            found.update(zip(groups, row[1 : 1 + len(groups)], strict=True))
+            counts = row[1 + len(groups) :]
+            for name, value in zip(ledger.COUNTS, counts, strict=True):
+                found[name] = float(value) if name == "audio_seconds" else int(value)
+            rows.append(found)
+        return rows
+
     async def cleanup(self) -> int:
         """Delete what is past its retention; how many responses went."""
-        (deleted,) = await self._transaction([(EXPIRED, (_now(),))])
+        now = _now()
+        old_usage = (ledger.EXPIRED, (int(now - self.usage_retention_s),))
+        deleted, _ = await self._transaction([(EXPIRED, (now,)), old_usage])
         return deleted
 
 

@@ -11,8 +11,8 @@ from serve_app.store.sql import MIGRATIONS, SQLStore
 
 
 class SQLiteStore(SQLStore):
-    def __init__(self, path: str, retention_s: float) -> None:
-        super().__init__(retention_s)
+    def __init__(self, path: str, retention_s: float, usage_retention_s: float = 400 * 86400):
+        super().__init__(retention_s, usage_retention_s)
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()

@@ -45,6 +45,14 @@ keys:
     secret: embed-tokens-secret
     endpoints: [embeddings]
     limits: {{tokens_per_minute: 30}}
+  - name: usage-reader
+    secret: usage-reader-secret
+    endpoints: [usage]
+  - name: leaver
+    secret: leaver-secret
+  - name: leaver-on-a-budget
+    secret: leaver-on-a-budget-secret
+    limits: {{tokens_per_day: 300}}
 """
 # What the session's app changes from the shipped config, so that limits are reachable:
 # two ingress replicas (rate limits must hold across them), small LLM queues, a request

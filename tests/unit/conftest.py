@@ -1,6 +1,7 @@
 import pytest
 
 from tests.unit.responses_app import App
+from tests.unit.stores import make_store  # noqa: F401 - a fixture of the store tests
 
 
 @pytest.fixture

@@ -1,10 +1,14 @@
 """A fake DeploymentHandle for unit tests of ingress logic (never used end to end)."""
 
 import asyncio
+import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from deployments.common.contracts import Frame
+from serve_app.ratelimit import RateLimiter
+from serve_app.store.deployment import ResponseStore
 
 
 class FakeStream:
@@ -77,22 +81,24 @@ class FakeHandle:
 
 
 class LocalHandle:
-    """Calls a real deployment object in process: ``handle.method.remote(...)`` -> awaitable."""
+    """Calls a real deployment object in process: ``handle.method.remote(...)`` -> a task,
+    started at once as a real handle's call is."""
 
     def __init__(self, target: Any) -> None:
         self.target = target
+        self.deployment_name, self.app_name = type(target).__name__, "local"
 
     def __getattr__(self, name: str) -> _Method:
         method = getattr(self.target, name)
 
-        async def call(*args: Any) -> Any:
-            return method(*args)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
 
-        def remote(*args: Any) -> Any:
-            if name == "record":  # made at once; the ingress awaits it only while its client waits
-                done = asyncio.get_running_loop().create_future()
-                done.set_result(method(*args))
-                return done
-            return call(*args)
+        return _Method(lambda *args, **kwargs: asyncio.ensure_future(call(*args, **kwargs)))
 
-        return _Method(remote)
+
+def local_limiter(data_dir: Path) -> LocalHandle:
+    """A real rate limiter, in process, with its usage ledger in a real SQLite store."""
+    store = ResponseStore({"path": str(data_dir / "ledger.sqlite3")})
+    return LocalHandle(RateLimiter(LocalHandle(store)))

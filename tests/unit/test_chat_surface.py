@@ -11,11 +11,11 @@ from serve_app.auth import APIKey, KeyStore
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
 from serve_app.protocol.openai import ChatCompletionRequest, CompletionRequest
-from serve_app.ratelimit import RateLimiter, RateLimits
+from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
 from tests.openai_schema import fields_of
-from tests.unit.fakes import FakeHandle, LocalHandle
+from tests.unit.fakes import FakeHandle, local_limiter
 from tests.unit.test_ingress import assert_envelope
 
 SMART = "smart"  # tools, reasoning, llama.cpp-like defaults
@@ -254,11 +254,11 @@ def test_input_audio_is_transcribed_into_the_prompt():
     assert params["request_id"] == "chat-with-audio"  # the chat request's own
 
 
-def test_input_audio_needs_room_in_the_keys_audio_budget():
+def test_input_audio_needs_room_in_the_keys_audio_budget(tmp_path):
     """As a transcription: a key whose audio seconds for the minute are spent gets 429 with
     Retry-After before any audio is decoded; text-only chat needs no audio budget."""
     key = APIKey(name="k", secret="s3cret", limits={"audio_seconds_per_minute": 3})
-    client, llm, whisper = make(keys=[key], limiter=LocalHandle(RateLimiter()))
+    client, llm, whisper = make(keys=[key], limiter=local_limiter(tmp_path))
     headers = {"Authorization": "Bearer s3cret"}
     for _ in range(2):  # 2 s of audio each: the second starts with 2 s of 3 spent
         assert chat(client, headers, messages=audio_message()).status_code == 200

@@ -14,10 +14,10 @@ from deployments.upstream.client import UpstreamClient
 from serve_app.auth import APIKey, KeyStore
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
-from serve_app.ratelimit import RateLimiter, RateLimits
+from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
-from tests.unit.fakes import FakeHandle, LocalHandle
+from tests.unit.fakes import FakeHandle, local_limiter
 from tests.unit.test_ingress import assert_envelope
 
 BODY = '{"object":"list","model":"emb","data":[{"index":0,"object":"embedding","embedding":[0.6,0.8]}],"usage":{"prompt_tokens":5,"total_tokens":5}}'  # noqa: E501
@@ -126,12 +126,12 @@ def test_models_list_types_and_dimensions():
     assert cards["chat"]["type"] == "llm" and "dimensions" not in cards["chat"]
 
 
-def test_own_scope_and_prompt_tokens_spend_the_token_budget():
+def test_own_scope_and_prompt_tokens_spend_the_token_budget(tmp_path):
     keys = [
         APIKey(name="emb", secret="s1", endpoints=["embeddings"], limits={"tokens_per_minute": 4}),
         APIKey(name="chat", secret="s2", endpoints=["chat-completions"]),
     ]
-    client, _, _ = make(keys, LocalHandle(RateLimiter()))
+    client, _, _ = make(keys, local_limiter(tmp_path))
     body = {"model": "emb", "input": "hi"}
     denied = client.post("/v1/embeddings", json=body, headers={"Authorization": "Bearer s2"})
     assert_envelope(denied, 403)

@@ -16,7 +16,7 @@ from serve_app.protocol.responses import ResponseRequest
 from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
-from tests.unit.fakes import FakeHandle
+from tests.unit.fakes import FakeHandle, local_limiter
 
 MODEL = "tiny"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
@@ -60,36 +60,43 @@ def recorded(monkeypatch) -> app_metrics.Metrics:
     return app_metrics.Metrics()
 
 
-def client_for(frames, observed: app_metrics.Metrics, keys=(KEY,)) -> TestClient:
+@pytest.fixture
+def limiter(recorded, tmp_path):
+    """A real rate limiter in process: it counts the token and audio metrics."""
+    return local_limiter(tmp_path)
+
+
+def client_for(frames, observed: app_metrics.Metrics, keys=(KEY,), limiter=None) -> TestClient:
     config = AppConfig.model_validate({"models": [{"id": MODEL, "family": "llm", "source": "x"}]})
     registry = ModelRegistry(config, {MODEL: FakeHandle(frames)}, created=1)
-    app = create_app(registry, Settings(), KeyStore(list(keys)), RateLimits(None), observed)
+    app = create_app(registry, Settings(), KeyStore(list(keys)), RateLimits(limiter), observed)
     return TestClient(app, raise_server_exceptions=False)
 
 
-def test_a_finished_request_is_recorded_once_with_its_labels_and_usage(recorded):
-    client = client_for([JSONFrame({"ok": True}, usage=USAGE)], recorded)
+def test_a_finished_request_is_recorded_once_with_its_labels_and_usage(recorded, limiter):
+    client = client_for([JSONFrame({"ok": True}, usage=USAGE)], recorded, limiter=limiter)
     assert client.post("/v1/chat/completions", json=CHAT, headers=AUTH).status_code == 200
     labels = {"model": MODEL, "route": "/v1/chat/completions", "key": "team-a"}
     assert recorded.requests.by(**labels, status="200", code="") == [1]
-    assert recorded.tokens.by(**labels, kind="prompt") == [4]
-    assert recorded.tokens.by(**labels, kind="completion") == [6]
-    assert recorded.tokens.by(**labels, kind="reasoning") == [2]
+    tokens = limiter.target.metrics.tokens
+    assert tokens.by(**labels, kind="prompt", ended="completed") == [4]
+    assert tokens.by(**labels, kind="completion", ended="completed") == [6]
+    assert tokens.by(**labels, kind="reasoning", ended="completed") == [2]
     (duration,) = recorded.duration.by(model=MODEL, stream="false")
     assert 0 <= duration < 10
     assert recorded.ttft.values == {}  # only streams have a first token to time
     assert recorded.in_flight.by(model=MODEL) == [1, 0]
 
 
-def test_a_stream_records_time_to_first_token_and_its_usage_frame(recorded):
+def test_a_stream_records_time_to_first_token_and_its_usage_frame(recorded, limiter):
     frames = [ChunkFrame('{"a":1}'), ChunkFrame('{"a":2}'), UsageFrame(USAGE)]
-    client = client_for(frames, recorded)
+    client = client_for(frames, recorded, limiter=limiter)
     response = client.post("/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
     assert response.status_code == 200 and "[DONE]" in response.text
     (ttft,) = recorded.ttft.by(model=MODEL, route="/v1/chat/completions")
     (duration,) = recorded.duration.by(model=MODEL, stream="true")
     assert 0 <= ttft <= duration
-    assert recorded.tokens.by(model=MODEL, kind="completion") == [6]
+    assert limiter.target.metrics.tokens.by(model=MODEL, kind="completion") == [6]
 
 
 def test_an_error_inside_a_stream_counts_as_that_error(recorded):

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from ray.serve.exceptions import BackPressureError
 
-from deployments.common.contracts import ChunkFrame, JSONFrame, UsageFrame
+from deployments.common.contracts import Charge, ChunkFrame, JSONFrame, UsageFrame
 from serve_app import ratelimit
 from serve_app.auth import APIKey, KeyStore, load_keys
 from serve_app.config import AppConfig
@@ -18,7 +18,10 @@ from serve_app.log import LOGGER
 from serve_app.ratelimit import RateLimiter, RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
-from tests.unit.fakes import FakeHandle, LocalHandle
+from serve_app.store.deployment import ResponseStore
+from serve_app.store.sql import SQLStore
+from tests.unit.fakes import FakeHandle, LocalHandle, local_limiter
+from tests.unit.stores import run
 from tests.unit.test_ingress import CHAT, MODEL, assert_envelope, make_client, sse_lines
 
 OK = [JSONFrame({"ok": True}, usage={"prompt_tokens": 4, "completion_tokens": 6})]
@@ -97,29 +100,89 @@ def test_logs_name_the_key_never_the_secret(caplog):
     assert "s3cret" not in caplog.text and "wrong-secret" not in caplog.text
 
 
-def test_rate_limiter_windows(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: now[0])
-    limiter = RateLimiter()
+def test_rate_limiter_windows(tmp_path):
+    now = [1_780_000_000.0]
+    limiter = RateLimiter(local_store(tmp_path), clock=lambda: now[0])
     limits = {"requests_per_minute": 2, "tokens_per_minute": 100}
-    assert limiter.admit("k", limits, ("tokens",)) is None
+
+    def admit(key, limits, kinds=("tokens",)):
+        refused = run(limiter.admit(key, limits, kinds))
+        return refused and (pytest.approx(refused[0]), refused[1])
+
+    assert admit("k", limits) is None
     now[0] += 10
-    assert limiter.admit("k", limits, ("tokens",)) is None
-    assert limiter.admit("k", limits, ("tokens",)) == pytest.approx(50)  # first leaves at +60
-    assert limiter.admit("other", limits, ("tokens",)) is None  # keys are independent
+    assert admit("k", limits) is None
+    assert admit("k", limits) == (50, "rate_limit_exceeded")  # the first leaves at +60
+    assert admit("other", limits) is None  # keys are independent
     now[0] += 51
-    assert limiter.admit("k", limits, ("tokens",)) is None
-    limiter.record("k", "tokens", 150)
+    assert admit("k", limits) is None
+    assert run(limiter.charge([charge("k", input_tokens=100, output_tokens=50)])) is True
     now[0] += 30
-    wait = limiter.admit("k", {"tokens_per_minute": 100}, ("tokens",))
-    assert wait == pytest.approx(30)
-    assert limiter.admit("k", {"audio_seconds_per_minute": 5}, ("audio",)) is None
+    assert admit("k", {"tokens_per_minute": 100}) == (30, "rate_limit_exceeded")
+    assert admit("k", {"audio_seconds_per_minute": 5}, ("audio",)) is None
 
 
-def test_rate_limit_is_429_with_retry_after_and_counts_usage():
-    limiter = RateLimiter()
+def test_day_and_month_budgets_are_insufficient_quota_until_the_period_ends(tmp_path):
+    day = 1_780_000_000 // 86400 * 86400  # a UTC midnight
+    now = [day + 3600.0]
+    limiter = RateLimiter(local_store(tmp_path), clock=lambda: now[0])
+    budgets = {"tokens_per_day": 100, "audio_seconds_per_month": 10}
+    run(limiter.charge([charge("k", input_tokens=60, output_tokens=40)]))
+    wait, code = run(limiter.admit("k", budgets, ("tokens",)))
+    assert (wait, code) == (86400 - 3600, "insufficient_quota")
+    assert run(limiter.admit("k", budgets, ("audio",))) is None
+    now[0] = day + 86400 + 1  # the next day
+    assert run(limiter.admit("k", budgets, ("tokens",))) is None
+    run(limiter.charge([charge("k", audio_seconds=10)]))
+    assert run(limiter.admit("k", budgets, ("audio",)))[1] == "insufficient_quota"
+
+
+def test_counters_come_back_from_the_ledger_after_a_restart(tmp_path):
+    """A new limiter (a restart, a redeploy, a kill -9) reads the ledger first: a key over
+    its minute, day or month budget is still refused."""
+    now = [1_780_000_000.0]
+    store = local_store(tmp_path)
+    first = RateLimiter(store, clock=lambda: now[0])
+    run(
+        first.charge([charge("k", input_tokens=90, output_tokens=20), charge("j", output_tokens=1)])
+    )
+    now[0] += 20
+    again = RateLimiter(store, clock=lambda: now[0])
+    assert (
+        run(again.admit("k", {"tokens_per_minute": 100}, ("tokens",)))[1] == "rate_limit_exceeded"
+    )
+    assert run(again.admit("j", {"tokens_per_minute": 100}, ("tokens",))) is None
+    assert run(again.admit("k", {"tokens_per_day": 110}, ("tokens",)))[1] == "insufficient_quota"
+    assert run(again.admit("k", {"tokens_per_month": 111}, ("tokens",))) is None
+
+
+def test_a_charge_the_store_refuses_is_kept_counted_and_written_later(tmp_path, monkeypatch):
+    monkeypatch.setattr(ratelimit, "RETRY_S", 0.05)
+    store = ResponseStore({"path": str(tmp_path / "ledger.sqlite3")})
+    limiter = RateLimiter(LocalHandle(store))
+    failing = [True]
+    add_usage = SQLStore.add_usage
+
+    async def flaky(self, charges):
+        if failing[0]:
+            raise ConnectionError("store down")
+        await add_usage(self, charges)
+
+    monkeypatch.setattr(SQLStore, "add_usage", flaky)
+
+    async def scenario():
+        assert await limiter.charge([charge("k", input_tokens=7)]) is False
+        assert (await limiter.admit("k", {"tokens_per_minute": 5}, ("tokens",)))[0] > 0
+        failing[0] = False
+        await asyncio.sleep(0.3)
+        return await store.call("usage_totals", 0)
+
+    assert run(scenario()) == [("k", 7.0, 0.0)]
+
+
+def test_rate_limit_is_429_with_retry_after_and_counts_usage(tmp_path):
     key = scoped(limits={"requests_per_minute": 100, "tokens_per_minute": 15})
-    client = make_client(FakeHandle(OK), key_records=[key], limiter=LocalHandle(limiter))
+    client = make_client(FakeHandle(OK), key_records=[key], limiter=local_limiter(tmp_path))
     headers = bearer("s3cret")
     assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
     assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
@@ -129,16 +192,30 @@ def test_rate_limit_is_429_with_retry_after_and_counts_usage():
     assert 1 <= int(limited.headers["retry-after"]) <= 60
 
 
-def test_stream_usage_is_recorded_not_sent():
-    limiter = RateLimiter()
+def test_stream_usage_is_charged_to_the_ledger_not_sent(tmp_path):
+    limiter = local_limiter(tmp_path)
     key = scoped(limits={"tokens_per_minute": 1000})
     frames = [ChunkFrame('{"a":1}'), UsageFrame({"prompt_tokens": 40, "completion_tokens": 2})]
-    client = make_client(FakeHandle(frames), key_records=[key], limiter=LocalHandle(limiter))
+    client = make_client(FakeHandle(frames), key_records=[key], limiter=limiter)
     response = client.post(
         "/v1/chat/completions", json={**CHAT, "stream": True}, headers=bearer("s3cret")
     )
     assert sse_lines(response) == ['data: {"a":1}', "data: [DONE]"]
-    assert limiter._window("scoped", "tokens", ratelimit.time.monotonic()).total == 42
+    (row,) = run(limiter.target.ledger.usage_buckets("completions", 0, 2**40, 2**40, ["api_key"]))
+    assert (row["api_key"], row["requests"], row["input_tokens"], row["output_tokens"]) == (
+        "scoped",
+        1,
+        40,
+        2,
+    )
+
+
+def charge(key, **counts):
+    return Charge(key=key, model=MODEL, kind="completions", route="/v1/chat/completions", **counts)
+
+
+def local_store(tmp_path):
+    return LocalHandle(ResponseStore({"path": str(tmp_path / "ledger.sqlite3")}))
 
 
 def test_json_body_limit_is_413():
@@ -229,26 +306,26 @@ def test_cors_is_off_by_default_and_configurable():
     assert response.headers["access-control-allow-origin"] == "https://app.example"
 
 
-class LateRecord(LocalHandle):
-    """The limiter's handle, with ``record`` calls that land 0.2 s after they are made, as a
+class LateCharge(LocalHandle):
+    """The limiter's handle, with ``charge`` calls that land 0.2 s after they are made, as a
     call on its way to the limiter replica may: the charge is not done when ``remote``
     returns."""
 
     def __getattr__(self, name: str):
-        if name != "record":
+        if name != "charge":
             return super().__getattr__(name)
 
         async def later(*args):
             await asyncio.sleep(0.2)
-            self.target.record(*args)
+            return await self.target.charge(*args)
 
         return SimpleNamespace(remote=lambda *args: asyncio.ensure_future(later(*args)))
 
 
-def test_a_spent_token_budget_refuses_the_very_next_request():
+def test_a_spent_token_budget_refuses_the_very_next_request(tmp_path):
     """The response ends only once its usage is charged: the client's next request sees it."""
     key = scoped(limits={"requests_per_minute": 100, "tokens_per_minute": 15})
-    limiter = LateRecord(RateLimiter())
+    limiter = LateCharge(local_limiter(tmp_path).target)
     client = make_client(FakeHandle(OK), key_records=[key], limiter=limiter)
     headers = bearer("s3cret")
     assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
@@ -257,7 +334,7 @@ def test_a_spent_token_budget_refuses_the_very_next_request():
     assert_envelope(limited, 429, "rate_limit_exceeded")
 
 
-def test_audio_seconds_per_minute_limit():
+def test_audio_seconds_per_minute_limit(tmp_path):
 
     config = AppConfig.model_validate(
         {"models": [{"id": "stt", "family": "whisper", "source": "y"}]}
@@ -265,7 +342,7 @@ def test_audio_seconds_per_minute_limit():
     whisper = FakeHandle([JSONFrame({"text": "hi"}, usage={"audio_seconds": 3.0})])  # 3 s of audio
     registry = ModelRegistry(config, {"stt": whisper}, 1, FakeHandle([]))
     key = scoped(limits={"audio_seconds_per_minute": 2})
-    app = create_app(registry, Settings(), KeyStore([key]), RateLimits(LocalHandle(RateLimiter())))
+    app = create_app(registry, Settings(), KeyStore([key]), RateLimits(local_limiter(tmp_path)))
     client = TestClient(app, raise_server_exceptions=False)
 
     def transcribe():

@@ -8,8 +8,7 @@ import base64
 from serve_app.auth import APIKey
 from serve_app.protocol.items import TRANSCRIPT as KEPT
 from serve_app.protocol.items import public_items, to_messages
-from serve_app.ratelimit import RateLimiter
-from tests.unit.fakes import LocalHandle
+from tests.unit.fakes import local_limiter
 from tests.unit.responses_app import TRANSCRIPT, App
 
 AUDIO = {
@@ -27,7 +26,7 @@ def test_a_chains_audio_is_transcribed_and_charged_once(tmp_path):
     """The key has 3 audio seconds a minute and each clip is 2: a chain that transcribed its
     clip again on each turn would be refused on the third (4 of 3 spent)."""
     key = APIKey(name="k", secret="s3cret", limits={"audio_seconds_per_minute": 3})
-    app = App(tmp_path, [key], limiter=LocalHandle(RateLimiter()))
+    app = App(tmp_path, [key], limiter=local_limiter(tmp_path))
     headers = {"Authorization": "Bearer s3cret"}
     with app.http:
         first = app.post(key="s3cret", input=SPOKEN)

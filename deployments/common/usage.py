@@ -1,0 +1,89 @@
+"""Charging work that was cut short, from the model replica that did it.
+
+A request's usage normally reaches the ingress in its last frame, and the ingress charges it
+(``serve_app/ratelimit.py``). When the call ends before that frame (the client went away,
+the request timed out or was cancelled, or the engine failed), the ingress never sees the
+counts; the replica does. ``metered`` wraps a replica's frames and, in that case, charges
+what the engine counted to the rate limiter itself, with the ``Account`` the ingress sent.
+"""
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+
+from deployments.common.contracts import Charge, Frame, JSONFrame, TextFrame, Usage, UsageFrame
+
+logger = logging.getLogger("ray.serve.deployments.usage")
+
+_charging: set[asyncio.Task] = set()  # charges under way (kept from the garbage collector)
+
+
+@dataclass(slots=True)
+class Account:
+    """Whom a request's usage is charged to, and where the charges go."""
+
+    key: str  # the API key's name ("" when the API runs without keys)
+    kind: str  # the Usage API's endpoint kind
+    route: str
+    limiter: tuple[str, str]  # (deployment, application) of the rate limiter
+    batch: bool = False
+
+    def charge(self, model: str, usage: Usage, ended: str, estimated: bool = False) -> Charge:
+        return Charge(
+            key=self.key,
+            model=model,
+            kind=self.kind,
+            route=self.route,
+            input_tokens=int(usage.get("prompt_tokens", 0)),
+            output_tokens=int(usage.get("completion_tokens", 0)),
+            cached_tokens=int(usage.get("cached_tokens", 0)),
+            reasoning_tokens=int(usage.get("reasoning_tokens", 0)),
+            audio_seconds=float(usage.get("audio_seconds", 0.0)),
+            ended=ended,
+            estimated=estimated,
+            batch=self.batch,
+        )
+
+
+async def metered(
+    frames: AsyncIterator[Frame],
+    account: Account | None,
+    model: str,
+    used: Callable[[], Usage],
+) -> AsyncIterator[Frame]:
+    """``frames`` as they come; if they end before a frame that carries the request's usage,
+    charge ``used()`` (what the engine counted so far) to ``account``."""
+    settled = account is None
+    ended = "cancelled"
+    try:
+        async for frame in frames:
+            if isinstance(frame, UsageFrame | JSONFrame | TextFrame):
+                settled = True
+            yield frame
+    except (asyncio.CancelledError, GeneratorExit):
+        raise
+    except BaseException:
+        ended = "failed"
+        raise
+    finally:
+        if not settled and (usage := used()):
+            # In a context of its own: Serve cancels the calls a cancelled request made (it
+            # finds them through the request context), and this one must go through.
+            task = asyncio.get_running_loop().create_task(
+                _charge(account, account.charge(model, usage, ended)), context=contextvars.Context()
+            )
+            _charging.add(task)
+            task.add_done_callback(_charging.discard)
+
+
+async def _charge(account: Account, charge: Charge) -> None:
+    try:
+        handle: Any = serve.get_deployment_handle(*account.limiter)
+        await handle.charge.remote([charge])
+    except Exception:
+        logger.exception("could not charge %s's cut-short usage %s", account.key, charge)

@@ -1,0 +1,157 @@
+"""Every token counted, on the running app: a client that leaves mid-stream is charged what
+the engine did (as vLLM's own metrics count it), a budget is spent by such clients too, and
+the ledger answers OpenAI's Usage API through the official SDK."""
+
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.audio_files import SPEECH_EN
+from tests.serve.conftest import API_KEY
+from tests.serve.test_metrics_api import scrape, total
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.serve
+
+LLM = "smollm2-135m-instruct"
+STT = "whisper-tiny.en"
+EMBEDDING = "all-minilm-l6-v2"
+STORY = {
+    "model": LLM,
+    "messages": [{"role": "user", "content": "Tell me a long story."}],
+    "max_tokens": 1500,
+    "ignore_eos": True,
+    "stream": True,
+}
+
+
+def engine_counts(url: str) -> tuple[float, float]:
+    """vLLM's own counts of prompt and generated tokens for the LLM, all replicas."""
+    samples = scrape(url)
+    labels = {"model_name": LLM}
+    return (
+        total(samples, "ray_vllm_prompt_tokens_total", labels),
+        total(samples, "ray_vllm_generation_tokens_total", labels),
+    )
+
+
+def ledger(base_url: str, key: str, since: int) -> dict:
+    """The ledger's completions usage of ``key`` since ``since``, one bucket."""
+    reader = OpenAI(base_url=f"{base_url}/v1", api_key="-", admin_api_key="usage-reader-secret")
+    page = reader.admin.organization.usage.completions(
+        start_time=since, bucket_width="1d", group_by=["api_key_id"], api_key_ids=[key]
+    )
+    results = [r for bucket in page.data for r in bucket.results]
+    return {
+        "requests": sum(r.num_model_requests for r in results),
+        "input": sum(r.input_tokens for r in results),
+        "output": sum(r.output_tokens for r in results),
+    }
+
+
+def leave_mid_stream(base_url: str, secret: str, events: int = 5) -> int:
+    """Stream a long answer, read ``events`` of it and hang up; the HTTP status."""
+    headers = {"Authorization": f"Bearer {secret}"}
+    with (
+        httpx.Client(base_url=base_url, headers=headers, timeout=60) as http,
+        http.stream("POST", "/v1/chat/completions", json=STORY) as response,
+    ):
+        if response.status_code == 200:
+            lines = (line for line in response.iter_lines() if line.startswith("data: "))
+            for _ in range(events):
+                next(lines)
+        return response.status_code
+
+
+def test_a_client_that_leaves_mid_stream_is_charged_what_the_engine_did(base_url, metrics_url):
+    since = int(time.time()) - 60
+    prompt_before, generated_before = wait_until(
+        lambda: engine_counts(metrics_url), 30, "vLLM's token counters"
+    )
+    assert leave_mid_stream(base_url, "leaver-secret") == 200
+
+    def settled():
+        charged = ledger(base_url, "leaver", since)
+        prompt, generated = engine_counts(metrics_url)
+        engine = (prompt - prompt_before, generated - generated_before)
+        counted = charged["requests"] and (charged["input"], charged["output"]) == engine
+        return charged if counted else None
+
+    charged = wait_until(settled, 60, "the ledger to match vLLM's counts")
+    assert charged["requests"] == 1
+    assert 5 <= charged["output"] < 1500  # cut short, and charged more than nothing
+    # Prometheus counts the same charge, marked as cut short.
+    labels = {"key": "leaver", "ended": "cancelled", "kind": "completion"}
+    wait_until(
+        lambda: (
+            total(scrape(metrics_url), "ray_openai_api_tokens_total", labels) == charged["output"]
+        ),
+        30,
+        "the cancelled tokens in Prometheus",
+    )
+
+
+def test_leaving_mid_stream_in_a_loop_spends_the_budget(base_url):
+    """Without charges for work cut short, this key would never be refused."""
+    statuses = []
+    for _ in range(30):
+        statuses.append(leave_mid_stream(base_url, "leaver-on-a-budget-secret", events=2))
+        if statuses[-1] != 200:
+            break
+    assert statuses[-1] == 429, statuses
+    refused = httpx.post(
+        f"{base_url}/v1/chat/completions",
+        json={**STORY, "stream": False, "max_tokens": 1},
+        headers={"Authorization": "Bearer leaver-on-a-budget-secret"},
+    )
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+    assert int(refused.headers["retry-after"]) <= 86400
+
+
+def test_the_usage_api_through_the_sdk(base_url, client):
+    start = int(time.time()) // 60 * 60 - 120
+    client.chat.completions.create(
+        model=LLM, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    client.embeddings.create(model=EMBEDDING, input=["usage", "api"])
+    with SPEECH_EN.open("rb") as audio:
+        client.audio.transcriptions.create(model=STT, file=audio)
+    admin = OpenAI(base_url=f"{base_url}/v1", api_key="-", admin_api_key=API_KEY, max_retries=0)
+    usage = admin.admin.organization.usage
+
+    def seen(kind: str, **params) -> list:
+        page = getattr(usage, kind)(start_time=start, **params)
+        return [r for bucket in page.data for r in bucket.results]
+
+    for width in ("1m", "1h", "1d"):
+        by_key = wait_until(
+            lambda w=width: seen("completions", bucket_width=w, group_by=["api_key_id", "model"]),
+            30,
+            "completions usage",
+        )
+        assert any(r.api_key_id == "env-1" and r.model == LLM for r in by_key)
+        assert all(r.num_model_requests >= 0 and r.input_tokens >= 0 for r in by_key)
+    embedded = seen("embeddings", bucket_width="1h", group_by=["model"])
+    assert any(r.model == EMBEDDING and r.input_tokens > 0 for r in embedded)
+    heard = seen("audio_transcriptions", bucket_width="1d", group_by=["model", "api_key_id"])
+    assert any(r.model == STT and r.seconds >= 1 for r in heard)
+    # Pages of one minute each, followed to the end, hold every minute once.
+    end = int(time.time()) // 60 * 60 + 60
+    starts, page = [], usage.completions(start_time=start, end_time=end, bucket_width="1m", limit=1)
+    while True:
+        starts += [bucket.start_time for bucket in page.data]
+        if not page.has_more:
+            break
+        page = usage.completions(
+            start_time=start, end_time=end, bucket_width="1m", limit=1, page=page.next_page
+        )
+    assert starts == list(range(start, end, 60))
+    denied = httpx.get(
+        f"{base_url}/v1/organization/usage/completions",
+        params={"start_time": start},
+        headers={"Authorization": "Bearer leaver-secret"},
+    )
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "permission_denied"

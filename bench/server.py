@@ -136,17 +136,20 @@ def healthy_process(
 
 @contextlib.contextmanager
 def running_server(
-    deadline_s: float = 600, config: str = "serve_config.yaml", root: Path = ROOT
+    deadline_s: float = 600,
+    config: str = "serve_config.yaml",
+    root: Path = ROOT,
+    keys_file: Path | None = None,
 ) -> Iterator[Server]:
-    """Our app as `make serve` runs it (no API keys), its metrics on port 8081. ``root``:
-    another checkout of the app to run instead (e.g. a `git worktree` of an older commit;
-    its code reaches Ray's workers through PYTHONPATH)."""
+    """Our app as `make serve` runs it (no API keys, unless ``keys_file``), its metrics on
+    port 8081. ``root``: another checkout of the app to run instead (e.g. a `git worktree`
+    of an older commit; its code reaches Ray's workers through PYTHONPATH)."""
     http = yaml.safe_load((root / config).read_text())["http_options"]
     url = f"http://{http['host']}:{http['port']}"
     metrics_port = 8081
     command = [sys.executable, "-m", "serve_app.launch", config]
     command += ["--metrics-port", str(metrics_port)]
-    env = {**os.environ, "SERVE_APP_API_KEYS": ""}
+    env = {**os.environ, "SERVE_APP_API_KEYS": "", "SERVE_APP_KEYS_FILE": str(keys_file or "")}
     if root != ROOT:
         env["PYTHONPATH"] = str(root)
     with healthy_process(command, url, env, deadline_s, cwd=root) as (pid, ready_s):

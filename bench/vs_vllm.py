@@ -29,7 +29,9 @@ midpoints.)
 
 ``--before DIR`` adds a third server to every round: our app from another checkout (say
 ``git worktree add DIR <commit>``, with DIR/models and DIR/.venv linked to this one's), to
-measure a change before and after in the same rounds.
+measure a change before and after in the same rounds. ``--keyed`` adds our app with an API
+key that has limits and budgets (never reached), called with that key: what admission, the
+budgets and the usage ledger cost next to no keys (``keyed/ours``).
 """
 
 import argparse
@@ -194,8 +196,8 @@ async def short_ttfts(client: AsyncOpenAI) -> list[float]:
     return [(await one_stream(client, TTFT_TOKENS))[0] for _ in range(TTFT_SAMPLES)]
 
 
-async def measure(url: str, tokens: int, root: int) -> dict[str, float]:
-    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+async def measure(url: str, tokens: int, root: int, key: str = "none") -> dict[str, float]:
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=600)
     await one_stream(client, tokens)  # warm-up
     ttfts = await short_ttfts(client)
     rates = []
@@ -246,14 +248,35 @@ async def measure(url: str, tokens: int, root: int) -> dict[str, float]:
     return figures
 
 
-def measure_round(server: contextlib.AbstractContextManager, tokens: int) -> dict[str, float]:
+# A key whose limits and budgets are checked on every request but never reached.
+KEYED = """keys:
+  - name: bench
+    secret: bench-secret
+    limits:
+      requests_per_minute: 1000000
+      tokens_per_minute: 1000000000
+      tokens_per_day: 1000000000000
+      tokens_per_month: 1000000000000
+"""
+
+
+def keyed_server() -> contextlib.AbstractContextManager:
+    keys = ROOT / "test-artifacts" / "bench-keys.yaml"
+    keys.parent.mkdir(exist_ok=True)
+    keys.write_text(KEYED)
+    return running_server(keys_file=keys)
+
+
+def measure_round(
+    server: contextlib.AbstractContextManager, tokens: int, key: str = "none"
+) -> dict[str, float]:
     """Start a server, measure it once, stop it."""
     with server as started:
         if isinstance(started, tuple):  # vLLM's: (pid, seconds until healthy)
             url, root = f"http://127.0.0.1:{VLLM_PORT}", started[0]
         else:
             url, root = started.url, started.pid
-        return asyncio.run(measure(url, tokens, root))
+        return asyncio.run(measure(url, tokens, root, key))
 
 
 def main() -> int:
@@ -262,17 +285,21 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--only", choices=["ours", "vllm"])
     parser.add_argument("--before", type=Path, help="another checkout of our app, also run")
+    parser.add_argument("--keyed", action="store_true", help="also ours with a limited key")
     args = parser.parse_args()
     servers = {"vllm": vllm_server, "ours": running_server}
     if args.before:
         servers["before"] = lambda: running_server(root=args.before.resolve())
+    if args.keyed:
+        servers["keyed"] = keyed_server
     measured: dict[str, list[dict[str, float]]] = {}
     # Rounds alternate (vLLM, ours, vLLM, ...), each on a freshly started server, so a drift
     # in this machine's speed lands on both sides instead of on one.
     for i in range(args.rounds):
         for name, server in servers.items():
-            if args.only in (None, name) or name == "before":
-                figures = measure_round(server(), args.tokens)
+            if args.only in (None, name) or name in ("before", "keyed"):
+                key = "bench-secret" if name == "keyed" else "none"
+                figures = measure_round(server(), args.tokens, key)
                 cells = ", ".join(f"{k.strip()} {v:.2f}" for k, v in figures.items())
                 print(f"  {name} round {i + 1}: {cells}", flush=True)
                 measured.setdefault(name, []).append(figures)
@@ -284,6 +311,7 @@ def main() -> int:
     print(f"\nmedian of {args.rounds} rounds, {args.tokens} tokens per stream:")
     names = list(medians)
     ratios = [("ours", other) for other in ("vllm", "before") if other in medians]
+    ratios += [("keyed", "ours")] if "keyed" in medians and "ours" in medians else []
     header = "".join(f"{name:>9}" for name in names)
     header += "".join(f"{f'{a}/{b}':>13}" for a, b in ratios if a in medians)
     print(f"  {'':34}{header}")

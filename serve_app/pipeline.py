@@ -27,6 +27,7 @@ from serve_app.auth import APIKey, authorize_model
 from serve_app.dispatch import frames_to_response
 from serve_app.log import LOGGER, request_id_of
 from serve_app.registry import ModelRegistry, ServedModel
+from serve_app.sse import DONE
 
 logger = logging.getLogger(LOGGER)
 
@@ -147,8 +148,10 @@ class Recorder:
                     record.first_byte = time.monotonic()
                 if record.status >= 400 and len(error_body) < _ERROR_BODY_MAX:
                     error_body.extend(body)
-                complete = not message.get("more_body", False)
-                if complete:
+                # A stream's end is its ``[DONE]`` event (clients stop reading there), the
+                # rest's their last bytes.
+                complete = not message.get("more_body", False) or body.endswith(DONE)
+                if complete and not reported:
                     # The observers hear of the request, and what they start for it lands,
                     # before its client sees the end: the client's next request is admitted
                     # against what this one used (a token budget spent by this response
@@ -171,8 +174,8 @@ async def settle(record: Finished) -> None:
     """Wait (up to ``SETTLE_TIMEOUT_S``) for what the observers started for ``record``."""
     if not record.settling:
         return
-    try:
-        await asyncio.wait_for(asyncio.gather(*record.settling), SETTLE_TIMEOUT_S)
+    try:  # shielded: a client that leaves now does not cancel its charge
+        await asyncio.wait_for(asyncio.shield(asyncio.gather(*record.settling)), SETTLE_TIMEOUT_S)
     except Exception:  # the answer still goes out; the charge may land late or not at all
         logger.warning("usage not recorded in time [request_id=%s]", record.request_id)
 

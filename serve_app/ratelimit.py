@@ -20,6 +20,7 @@ are counted here too, from the same charges, so the ledger and the metrics agree
 """
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import math
@@ -291,4 +292,7 @@ class RateLimits:
             return
         charge = record.charge(self.handle)
         if charge is not None:
-            record.settling.append(self.handle.charge.remote([charge]))
+            # Made in a context of its own: Serve cancels the calls of a request whose client
+            # went away (it finds them through the request context); a charge must land.
+            call = contextvars.Context().run(self.handle.charge.remote, [charge])
+            record.settling.append(call)

@@ -10,6 +10,7 @@ gives null, filtering by them is refused.
 
 import base64
 import binascii
+import math
 import time
 from typing import Annotated, Any
 
@@ -105,7 +106,7 @@ async def usage(
         )
     width, default_limit, max_limit = WIDTHS[width_name]
     start = _int(params, "start_time")
-    end = _int(params, "end_time", int(time.time()))
+    end = _int(params, "end_time", math.ceil(time.time()))  # now, this second included
     if start < 0:
         raise APIError(400, "'start_time' must not be negative.", param="start_time")
     if start >= end:

@@ -126,6 +126,30 @@ def test_transcribes_the_speech_fixture(playground):
     assert playground.save_screenshot(str(ARTIFACTS / "playground-speech.png"))
 
 
+def test_shows_tokens_per_key_per_day_from_the_ledger(playground):
+    """After the chat and speech above: the session key's row for today, read from the Usage
+    API, with the tokens and audio seconds it was charged."""
+    playground.find_element(By.ID, "usage-load").click()
+    WebDriverWait(playground, 60).until(
+        lambda d: (
+            d.find_elements(By.CSS_SELECTOR, "#usage-table td")
+            or "error" in (d.find_element(By.ID, "status").get_attribute("class") or "")
+        )
+    )
+    idle(playground)
+    rows = [
+        [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+        for row in playground.find_elements(By.CSS_SELECTOR, "#usage-table tr")
+    ]
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    mine = [row for row in rows if row[:2] == [today, "env-1"]]
+    assert mine, (rows, playground.find_element(By.ID, "status").text)
+    _, _, input_tokens, output_tokens, seconds, requests = mine[0]
+    assert int(input_tokens) > 0 and int(output_tokens) > 0 and int(requests) > 0
+    assert int(seconds) > 0  # the transcription above
+    assert playground.save_screenshot(str(ARTIFACTS / "playground-usage.png"))
+
+
 def test_thinking_shows_the_reasoning_apart_from_the_answer(playground):
     """ "think first" opens SmolLM2's <think> block: the page shows the reasoning stream in its
     own box and counts its tokens (SmolLM2 spends every token of a short reply thinking)."""

@@ -126,7 +126,8 @@ class Ingress:
         self.preprocessor = preprocessor
         self.created = int(time.time())
         self.keys = KeyStore(load_keys(self.settings.api_keys, self.settings.keys_file))
-        self.rate_limits = RateLimits(rate_limiter)
+        # Over Serve's gRPC data plane, as the model calls (serve_app/routes/generation.py).
+        self.rate_limits = RateLimits(rate_limiter.options(_by_reference=False))
         self.store = HandleStore(store)
         self.metrics = Metrics()
         self.fastapi: FastAPI | None = None

@@ -2,10 +2,11 @@
 dispatch -> respond, then tell the observers what the request did.
 
 ``Recorder`` (ASGI middleware) opens one ``Finished`` record per ``/v1`` request, whatever
-its outcome (a 401 or 404 too), and hands it to every observer after the response's last
-byte. Routes parse, pick a model and call ``admit`` then ``run_backend``; they never record
-usage, statuses or timings themselves. Observers: the rate limiter's usage budgets and the
-Prometheus metrics (``serve_app/metrics.py``).
+its outcome (a 401 or 404 too), and hands it to every observer just before the response's
+end (its last bytes; a stream's ``[DONE]``). Routes parse, pick a model and call ``admit``
+then ``run_backend``; they never record usage, statuses or timings themselves. Observers:
+the rate limiter, which charges the request's usage to its key's budgets and the usage
+ledger (``serve_app/ratelimit.py``), and the Prometheus metrics (``serve_app/metrics.py``).
 """
 
 import asyncio

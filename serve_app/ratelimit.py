@@ -124,7 +124,7 @@ class RateLimiter:
         self._windows: dict[tuple[str, str], _Window] = {}
         self._periods: dict[tuple[str, str, str], _Period] = {}
         self._restored: asyncio.Task | None = None
-        self._pending: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self._pending: list[tuple[list[dict[str, Any]], asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
         self._unwritten: list[dict[str, Any]] = []  # refused by the store: written again later
 
@@ -138,18 +138,19 @@ class RateLimiter:
     async def _load(self) -> None:
         now = self.clock()
         minute = int(now - WINDOW_S) // 60 * 60
-        starts = {"minute": minute, **{p: period_start(p, now) for p in ("day", "month")}}
-        for period, start in starts.items():
-            for key, tokens, audio in await self.ledger.usage_totals(start):
+        windows: dict[tuple[str, str], _Window] = {}
+        periods: dict[tuple[str, str, str], _Period] = {}
+        for key, requests, tokens, audio in await self.ledger.usage_totals(minute):
+            for kind, total in (("requests", requests), ("tokens", tokens), ("audio", audio)):
+                windows.setdefault((key, kind), _Window()).add(now, total)  # as if just now
+        for period in ("day", "month"):
+            start = period_start(period, now)
+            for key, _, tokens, audio in await self.ledger.usage_totals(start):
                 for kind, total in (("tokens", tokens), ("audio", audio)):
-                    if period == "minute":  # conservatively, as if charged just now
-                        self._window(key, kind, now).add(now, total)
-                    else:
-                        self._periods[(key, kind, period)] = _Period(start, total)
-        logger.info("rate limiter: counters of %d keys loaded from the ledger", len(self._keys()))
-
-    def _keys(self) -> set[str]:
-        return {key for key, _ in self._windows} | {key for key, _, _ in self._periods}
+                    periods[(key, kind, period)] = _Period(start, total)
+        self._windows, self._periods = windows, periods
+        keys = {key for key, _ in windows} | {key for key, _, _ in periods}
+        logger.info("rate limiter: counters of %d keys loaded from the ledger", len(keys))
 
     def _window(self, key: str, kind: str, now: float) -> _Window:
         window = self._windows.setdefault((key, kind), _Window())

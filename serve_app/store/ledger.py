@@ -34,7 +34,7 @@ ADD = f"""INSERT INTO usage_minutes
     ON CONFLICT (minute, api_key, model, kind, batch, estimated) DO UPDATE SET
     {", ".join(f"{name} = usage_minutes.{name} + excluded.{name}" for name in COUNTS)}"""
 # What the rate limiter's budgets count, per key, since a time.
-TOTALS = """SELECT api_key, SUM(input_tokens + output_tokens), SUM(audio_seconds)
+TOTALS = """SELECT api_key, SUM(requests), SUM(input_tokens + output_tokens), SUM(audio_seconds)
     FROM usage_minutes WHERE minute >= %s GROUP BY api_key"""
 GROUPS = ("api_key", "model", "batch")  # what the Usage API can group by here
 EXPIRED = "DELETE FROM usage_minutes WHERE minute < %s"

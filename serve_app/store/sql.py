@@ -356,11 +356,11 @@ class SQLStore(ABC):
         """Add charges to the usage ledger, committed when this returns (``ledger.py``)."""
         await self._transaction(ledger.add_statements(charges))
 
-    async def usage_totals(self, since: int) -> list[tuple[str, float, float]]:
-        """``(key, tokens, audio seconds)`` per key, in the minutes from ``since`` on: what
-        the rate limiter's budgets count, read back after a restart."""
+    async def usage_totals(self, since: int) -> list[tuple[str, float, float, float]]:
+        """``(key, requests, tokens, audio seconds)`` per key, in the minutes from ``since``
+        on: what the rate limiter counts, read back after a restart."""
         rows = await self._query(ledger.TOTALS, (since,))
-        return [(key, float(tokens), float(audio)) for key, tokens, audio in rows]
+        return [(key, float(n), float(tokens), float(audio)) for key, n, tokens, audio in rows]
 
     async def usage_buckets(
         self,

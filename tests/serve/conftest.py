@@ -50,6 +50,8 @@ keys:
     endpoints: [usage]
   - name: leaver
     secret: leaver-secret
+  - name: canceller
+    secret: canceller-secret
   - name: leaver-on-a-budget
     secret: leaver-on-a-budget-secret
     limits: {{tokens_per_day: 300}}

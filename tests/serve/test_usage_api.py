@@ -65,32 +65,65 @@ def leave_mid_stream(base_url: str, secret: str, events: int = 5) -> int:
         return response.status_code
 
 
-def test_a_client_that_leaves_mid_stream_is_charged_what_the_engine_did(base_url, metrics_url):
+def charged_as_the_engine_counted(base_url: str, metrics_url: str, key: str, cut_short) -> dict:
+    """Run ``cut_short()`` (requests of ``key``, the last of which ends before its usage
+    frame; it returns how many); their charges in the ledger, once those equal what vLLM's
+    own counters added meanwhile."""
     since = int(time.time()) - 60
     prompt_before, generated_before = wait_until(
         lambda: engine_counts(metrics_url), 30, "vLLM's token counters"
     )
-    assert leave_mid_stream(base_url, "leaver-secret") == 200
+    made = cut_short()
 
     def settled():
-        charged = ledger(base_url, "leaver", since)
+        charged = ledger(base_url, key, since)
         prompt, generated = engine_counts(metrics_url)
         engine = (prompt - prompt_before, generated - generated_before)
         counted = charged["requests"] and (charged["input"], charged["output"]) == engine
         return charged if counted else None
 
-    charged = wait_until(settled, 60, "the ledger to match vLLM's counts")
-    assert charged["requests"] == 1
+    charged = wait_until(settled, 60, f"{key}'s charge to match vLLM's counts")
+    assert charged["requests"] == made
+
+    # Prometheus counts the same charges, the last marked as cut short.
+    def exported() -> bool:
+        samples, labels = scrape(metrics_url), {"key": key, "kind": "completion"}
+        cancelled = total(samples, "ray_openai_api_tokens_total", {**labels, "ended": "cancelled"})
+        return (
+            cancelled > 0
+            and total(samples, "ray_openai_api_tokens_total", labels) == charged["output"]
+        )
+
+    wait_until(exported, 30, "the tokens in Prometheus")
+    return charged
+
+
+def test_a_client_that_leaves_mid_stream_is_charged_what_the_engine_did(base_url, metrics_url):
+    def leave() -> int:
+        assert leave_mid_stream(base_url, "leaver-secret") == 200
+        return 1
+
+    charged = charged_as_the_engine_counted(base_url, metrics_url, "leaver", leave)
     assert 5 <= charged["output"] < 1500  # cut short, and charged more than nothing
-    # Prometheus counts the same charge, marked as cut short.
-    labels = {"key": "leaver", "ended": "cancelled", "kind": "completion"}
-    wait_until(
-        lambda: (
-            total(scrape(metrics_url), "ray_openai_api_tokens_total", labels) == charged["output"]
-        ),
-        30,
-        "the cancelled tokens in Prometheus",
-    )
+
+
+def test_a_cancelled_background_response_is_charged_what_the_engine_did(base_url, metrics_url):
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="canceller-secret", max_retries=0)
+
+    def cancel() -> int:
+        # sampled, SmolLM2 sometimes answers in a few tokens, before the cancel: try again
+        for made in range(1, 4):
+            response = client.responses.create(
+                model=LLM, input="Tell me a long story.", background=True, max_output_tokens=1500
+            )
+            running = lambda rid=response.id: client.responses.retrieve(rid).status != "queued"  # noqa: E731
+            wait_until(running, 60, "the response to start")
+            time.sleep(1)  # some tokens
+            if client.responses.cancel(response.id).status == "cancelled":
+                return made
+        raise AssertionError("three answers ended before their cancel")
+
+    charged_as_the_engine_counted(base_url, metrics_url, "canceller", cancel)
 
 
 def test_leaving_mid_stream_in_a_loop_spends_the_budget(base_url):

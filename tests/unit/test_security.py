@@ -148,6 +148,7 @@ def test_counters_come_back_from_the_ledger_after_a_restart(tmp_path):
     )
     now[0] += 20
     again = RateLimiter(store, clock=lambda: now[0])
+    assert run(again.admit("j", {"requests_per_minute": 1}))[1] == "rate_limit_exceeded"
     assert (
         run(again.admit("k", {"tokens_per_minute": 100}, ("tokens",)))[1] == "rate_limit_exceeded"
     )
@@ -177,7 +178,7 @@ def test_a_charge_the_store_refuses_is_kept_counted_and_written_later(tmp_path, 
         await asyncio.sleep(0.3)
         return await store.call("usage_totals", 0)
 
-    assert run(scenario()) == [("k", 7.0, 0.0)]
+    assert run(scenario()) == [("k", 1.0, 7.0, 0.0)]
 
 
 def test_rate_limit_is_429_with_retry_after_and_counts_usage(tmp_path):

@@ -99,7 +99,10 @@ def test_totals_per_key_come_back_after_a_restart(make_store):
     )
     run(store.close())
     again = make_store()
-    assert sorted(run(again.usage_totals(T0))) == [("team-a", 16.0, 1.5), ("team-b", 7.0, 0.0)]
+    assert sorted(run(again.usage_totals(T0))) == [
+        ("team-a", 2.0, 16.0, 1.5),
+        ("team-b", 1.0, 7.0, 0.0),
+    ]
 
 
 def test_cleanup_deletes_usage_past_its_retention(make_store):
@@ -108,4 +111,4 @@ def test_cleanup_deletes_usage_past_its_retention(make_store):
     old, now = charge(T0, input_tokens=1), charge(time.time(), input_tokens=1)
     run(store.add_usage([old, now]))
     run(store.cleanup())
-    assert run(store.usage_totals(0)) == [("team-a", 1.0, 0.0)]
+    assert run(store.usage_totals(0)) == [("team-a", 1.0, 1.0, 0.0)]

@@ -94,7 +94,6 @@ class Charge:
     ended: str = "completed"
     estimated: bool = False
     batch: bool = False
-    request: bool = True  # counts as a request (False: more usage of one already counted)
     at: float = 0.0  # Unix time it was charged at (set by the limiter)
 
     @property

@@ -52,7 +52,7 @@ def add_statements(charges: Sequence[dict[str, Any]]) -> list[tuple[str, tuple]]
                 charge["kind"],
                 int(charge["batch"]),
                 int(charge["estimated"]),
-                1 if charge["request"] else 0,
+                1,  # a charge is one request
                 int(charge["input_tokens"]),
                 int(charge["output_tokens"]),
                 int(charge["cached_tokens"]),

@@ -16,7 +16,6 @@ def charge(at, key="team-a", model="m", kind="completions", **counts):
         "kind": kind,
         "batch": counts.pop("batch", False),
         "estimated": counts.pop("estimated", False),
-        "request": counts.pop("request", True),
         "input_tokens": counts.get("input_tokens", 0),
         "output_tokens": counts.get("output_tokens", 0),
         "cached_tokens": counts.get("cached_tokens", 0),
@@ -56,16 +55,16 @@ def test_buckets_group_and_filter_like_the_usage_api(make_store):
                 charge(T0 + 86400 + 1, input_tokens=40),  # the next day
                 charge(T0 + 9, kind="embeddings", input_tokens=99),  # another kind
                 charge(T0 + 11, kind="audio_transcriptions", audio_seconds=2.5),
-                charge(T0 + 12, output_tokens=5, request=False, estimated=True),
+                charge(T0 + 12, output_tokens=5, estimated=True),
             ]
         )
     )
     hours = run(store.usage_buckets("completions", T0, T0 + 86400, 3600))
     assert [(r["bucket"], r["requests"], r["input_tokens"]) for r in hours] == [
-        (T0, 2, 30),
+        (T0, 3, 30),
         (T0 + 3600, 1, 30),
     ]
-    assert hours[0]["output_tokens"] == 8  # the estimate's tokens count, not as a request
+    assert hours[0]["output_tokens"] == 8  # estimated counts are summed with the rest
     by_key = run(store.usage_buckets("completions", T0, T0 + 2 * 86400, 86400, ["api_key"]))
     assert [(r["bucket"], r["api_key"], r["input_tokens"]) for r in by_key] == [
         (T0, "team-a", 40),

@@ -91,3 +91,49 @@ def buckets_query(
     sql = f"""SELECT {columns} FROM usage_minutes WHERE {" AND ".join(where)}
         GROUP BY {grouping} ORDER BY {grouping}"""
     return sql, (start, start, *params)
+
+
+class UsageLedger:
+    """The ledger's operations, part of the store (``SQLStore``, which gives ``_query`` and
+    ``_transaction``)."""
+
+    async def _query(self, sql: str, params: tuple) -> list[tuple]:
+        raise NotImplementedError
+
+    async def _transaction(self, statements: list[tuple[str, tuple]]) -> list[int]:
+        raise NotImplementedError
+
+    async def add_usage(self, charges: list[dict[str, Any]]) -> None:
+        """Add charges to the ledger, committed when this returns."""
+        await self._transaction(add_statements(charges))
+
+    async def usage_totals(self, since: int) -> list[tuple[str, float, float, float]]:
+        """``(key, requests, tokens, audio seconds)`` per key, in the minutes from ``since``
+        on: what the rate limiter counts, read back after a restart."""
+        rows = await self._query(TOTALS, (since,))
+        return [(key, float(n), float(tokens), float(audio)) for key, n, tokens, audio in rows]
+
+    async def usage_buckets(
+        self,
+        kind: str,
+        start: int,
+        end: int,
+        width: int,
+        group_by: Sequence[str] = (),
+        keys: Sequence[str] = (),
+        models: Sequence[str] = (),
+        batch: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """The ledger's sums for the Usage API: one dict per bucket start and group (the
+        ``group_by`` columns of ``GROUPS``, then ``COUNTS``), in order."""
+        sql, params = buckets_query(kind, start, end, width, group_by, keys, models, batch)
+        groups = [column for column in GROUPS if column in group_by]
+        rows = []
+        for row in await self._query(sql, params):
+            found: dict[str, Any] = {"bucket": int(row[0])}
+            found.update(zip(groups, row[1 : 1 + len(groups)], strict=True))
+            counts = row[1 + len(groups) :]
+            for name, value in zip(COUNTS, counts, strict=True):
+                found[name] = float(value) if name == "audio_seconds" else int(value)
+            rows.append(found)
+        return rows

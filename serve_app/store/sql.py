@@ -12,7 +12,6 @@ conversations do not expire (as OpenAI's): they last until deleted.
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from typing import Any
 
 import serve_app.store.ledger as ledger
@@ -118,7 +117,7 @@ CONVERSATION_ITEMS = """SELECT items.body FROM conversation_items items JOIN con
 TOO_LONG = "too_long"  # what ``history`` answers for a chain longer than asked to expand
 
 
-class SQLStore(ABC):
+class SQLStore(ledger.UsageLedger, ABC):
     """The store's operations (``OPERATIONS``) over a backend's ``_query`` and
     ``_transaction``."""
 
@@ -351,42 +350,6 @@ class SQLStore(ABC):
         params = (conversation_id, item_id, conversation_id, owner)
         (deleted,) = await self._transaction([(delete, params)])
         return deleted > 0
-
-    async def add_usage(self, charges: list[dict[str, Any]]) -> None:
-        """Add charges to the usage ledger, committed when this returns (``ledger.py``)."""
-        await self._transaction(ledger.add_statements(charges))
-
-    async def usage_totals(self, since: int) -> list[tuple[str, float, float, float]]:
-        """``(key, requests, tokens, audio seconds)`` per key, in the minutes from ``since``
-        on: what the rate limiter counts, read back after a restart."""
-        rows = await self._query(ledger.TOTALS, (since,))
-        return [(key, float(n), float(tokens), float(audio)) for key, n, tokens, audio in rows]
-
-    async def usage_buckets(
-        self,
-        kind: str,
-        start: int,
-        end: int,
-        width: int,
-        group_by: Sequence[str] = (),
-        keys: Sequence[str] = (),
-        models: Sequence[str] = (),
-        batch: bool | None = None,
-    ) -> list[dict[str, Any]]:
-        """The ledger's sums for the Usage API: one dict per bucket start and group (the
-        ``group_by`` columns of ``ledger.GROUPS``, then ``ledger.COUNTS``), in order."""
-        sql, params = ledger.buckets_query(kind, start, end, width, group_by, keys, models,
-                                           batch)  # fmt: skip
-        groups = [column for column in ledger.GROUPS if column in group_by]
-        rows = []
-        for row in await self._query(sql, params):
-            found: dict[str, Any] = {"bucket": int(row[0])}
-            found.update(zip(groups, row[1 : 1 + len(groups)], strict=True))
-            counts = row[1 + len(groups) :]
-            for name, value in zip(ledger.COUNTS, counts, strict=True):
-                found[name] = float(value) if name == "audio_seconds" else int(value)
-            rows.append(found)
-        return rows
 
     async def cleanup(self) -> int:
         """Delete what is past its retention; how many responses went."""

@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import socket
+import threading
 import time
 
 import httpx
@@ -103,8 +104,12 @@ def test_tokens_per_minute(base_url: str):
 
 
 def test_overload_answers_503_quickly_instead_of_queueing(http: httpx.Client, base_url: str):
+    """40 streams at once against 8 running + 8 queued per ingress replica: accepted streams
+    stay open until the first 503 came (or 30 s), so the queue fills however fast the
+    ingress admits them."""
     body = {"model": MODEL, "messages": HELLO, "max_tokens": 300, "stream": True}
     headers = {"Authorization": http.headers["Authorization"]}
+    refused = threading.Event()
 
     def open_stream(_: int) -> tuple[int, float, str]:
         start = time.monotonic()
@@ -115,7 +120,10 @@ def test_overload_answers_503_quickly_instead_of_queueing(http: httpx.Client, ba
             retry = response.headers.get("retry-after", "")
             if response.status_code == 503:
                 assert response.read() and response.json()["error"]["code"] == "overloaded"
-            response.close()  # drop accepted streams at once: this aborts their generation
+                refused.set()
+            else:
+                refused.wait(30)
+            response.close()  # this aborts the generation
             return response.status_code, elapsed, retry
 
     with concurrent.futures.ThreadPoolExecutor(40) as pool:

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from deployments.common.contracts import (
@@ -17,17 +18,21 @@ from deployments.common.contracts import (
     Frame,
     JSONFrame,
     TextFrame,
-    Usage,
     UsageFrame,
 )
+from serve_app.channels import ChannelLost
 from serve_app.errors import APIError, error_response, server_error
 from serve_app.log import LOGGER
 from serve_app.sse import sse_stream
 
 logger = logging.getLogger(LOGGER)
 
-UsageCallback = Callable[[Usage], None] | None
+UsageCallback = Callable[..., None] | None  # (usage, estimated=False)
 ErrorCallback = Callable[[ErrorFrame], None] | None
+
+# How a stream ends when its replica died (it could not charge what it did; the ingress
+# charges an estimate).
+REPLICA_LOST = (RayActorError, ChannelLost)
 
 # A call still waiting for a replica is checked this often: if a deployment it needs has no
 # running replica (its node is gone, or it is restarting), the client gets 503 at once
@@ -97,9 +102,15 @@ def cancel_call(stream: Any) -> None:
 
 
 async def rest_frames(
-    stream: Any, on_usage: UsageCallback, on_error: ErrorCallback
+    stream: Any, on_usage: UsageCallback, on_error: ErrorCallback, first: Frame | None = None
 ) -> AsyncIterator[Frame]:
-    """The rest of a backend stream, usage taken out; cancel the call if we stop early."""
+    """The rest of a backend stream, usage taken out; cancel the call if we stop early.
+
+    A stream whose replica dies before its usage frame is charged an estimate (``on_usage``
+    with ``estimated=True``): the prompt as its ``first`` chunk counted it, and a token per
+    chunk relayed.
+    """
+    chunks = 1
     try:
         async for frame in stream:
             if isinstance(frame, UsageFrame):
@@ -108,10 +119,14 @@ async def rest_frames(
                 continue
             if isinstance(frame, ErrorFrame) and on_error:
                 on_error(frame)
+            chunks += 1
             yield frame
-    except Exception:
+    except Exception as exc:
         if on_error:
             on_error(ErrorFrame(500, "The model backend failed mid-stream."))
+        prompt = first.prompt_tokens if isinstance(first, ChunkFrame) else 0
+        if on_usage and prompt and isinstance(exc, REPLICA_LOST):
+            on_usage({"prompt_tokens": prompt, "completion_tokens": chunks}, estimated=True)
         raise
     finally:
         cancel_call(stream)
@@ -244,7 +259,7 @@ async def frames_to_response(
         return PlainTextResponse(first.text, media_type=first.media_type)
     if isinstance(first, ChunkFrame):
         return StreamingResponse(
-            sse_stream(first, rest_frames(stream, on_usage, on_error), request_id),
+            sse_stream(first, rest_frames(stream, on_usage, on_error, first), request_id),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

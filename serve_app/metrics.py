@@ -11,7 +11,7 @@ Labels are bounded: ``model`` is a configured model id (empty when the request n
 that is configured), ``route`` a route of the API (``other`` for unknown paths), ``key`` a
 configured key name (empty when no key was accepted, never the secret), ``code`` the error
 envelope's ``code`` (empty on success), ``ended`` one of ``completed``, ``cancelled``,
-``failed``.
+``failed``, ``lost``.
 """
 
 from collections import Counter as Tally
@@ -50,7 +50,8 @@ METRICS = {
         "counter",
         "model, route, key, kind, ended",
         "Tokens charged, by kind: prompt, completion, reasoning (part of completion); "
-        "`ended`: completed, cancelled (cut short: client gone, timeout, cancel), failed. "
+        "`ended`: completed, cancelled (cut short: client gone, timeout, cancel), failed, "
+        "lost (the replica died mid-stream: the ingress's estimate). "
         "Counted by the rate limiter from the ledger's charges.",
     ),
     "ray_openai_api_audio_seconds_total": (

@@ -33,7 +33,13 @@ from serve_app.sse import DONE
 logger = logging.getLogger(LOGGER)
 
 CLIENT_CLOSED = 499  # nginx's status for "the client went away before the answer ended"
-SETTLE_TIMEOUT_S = 2.0  # a response's end waits at most this long for its usage to be charged
+# A response's end waits at most this long for its usage to be charged (through a limiter
+# that Serve is restarting, say). A charge not committed by then (or refused by the store: the
+# limiter keeps it and writes it again) is not passed off as done: the response says so, in
+# an ``X-Usage-Recorded: false`` header (unary) or an SSE comment before ``[DONE]`` (streams).
+SETTLE_TIMEOUT_S = 10.0
+UNRECORDED_HEADER = (b"x-usage-recorded", b"false")
+UNRECORDED_COMMENT = b": usage not recorded yet (the ledger did not take it; it is retried)\n\n"
 _ERROR_BODY_MAX = 16 * 1024  # error envelopes are small; read their ``code`` up to this size
 # Route -> the Usage API's endpoint kind its usage is reported under (others: completions).
 LEDGER_KINDS = {
@@ -57,6 +63,7 @@ class Finished:
     stream: bool = False
     admitted: bool = False  # passed admit(): counted in flight until finished
     usage: Usage = field(default_factory=dict)  # count name -> amount (contracts.USAGE_COUNTS)
+    estimated: bool = False  # ``usage`` is the ingress's estimate (the replica died mid-way)
     status: int = 0
     error_code: str | None = None
     # The work goes on after the HTTP answer (a background response): whoever runs it
@@ -66,7 +73,8 @@ class Finished:
     # token budget): awaited before the response's last bytes go out.
     settling: list[Any] = field(default_factory=list)
 
-    def add_usage(self, usage: Usage) -> None:
+    def add_usage(self, usage: Usage, estimated: bool = False) -> None:
+        self.estimated |= estimated
         for name, amount in usage.items():
             self.usage[name] = self.usage.get(name, 0.0) + amount
 
@@ -83,8 +91,13 @@ class Finished:
         """What the request used, as the ledger's charge (None if it used nothing)."""
         if not any(self.usage.values()):
             return None
-        ended = "completed" if self.status < 400 or self.status == CLIENT_CLOSED else "failed"
-        return self.account(limiter).charge(self.model, self.usage, ended)
+        if self.estimated:
+            ended = "lost"
+        elif self.status < 400 or self.status == CLIENT_CLOSED:
+            ended = "completed"
+        else:
+            ended = "failed"
+        return self.account(limiter).charge(self.model, self.usage, ended, self.estimated)
 
     def failed(self, frame: ErrorFrame) -> None:
         """An error the client got inside a stream (its HTTP status was already 200)."""
@@ -126,6 +139,7 @@ class Recorder:
         state["record"] = record
         error_body = bytearray()
         complete = reported = False
+        held: Message | None = None  # a unary response's start, sent with its last bytes
 
         def finish() -> None:
             nonlocal reported
@@ -140,9 +154,12 @@ class Recorder:
                 report(self.observers, record)
 
         async def recording_send(message: Message) -> None:
-            nonlocal complete
+            nonlocal complete, held
             if message["type"] == "http.response.start":
                 record.status = message["status"]
+                if not _is_stream(message):
+                    held = message  # may get a header on how its usage was recorded
+                    return
             elif message["type"] == "http.response.body":
                 body = message.get("body", b"")
                 if body and record.first_byte is None:
@@ -158,7 +175,14 @@ class Recorder:
                     # against what this one used (a token budget spent by this response
                     # refuses the very next request, whichever ingress replica it reaches).
                     finish()
-                    await settle(record)
+                    if not await settle(record):
+                        if held is not None:
+                            held = {**held, "headers": [*held["headers"], UNRECORDED_HEADER]}
+                        else:
+                            message = {**message, "body": UNRECORDED_COMMENT + body}
+                if held is not None:
+                    await send(held)
+                    held = None
             await send(message)
 
         try:
@@ -171,14 +195,26 @@ class Recorder:
                 finish()
 
 
-async def settle(record: Finished) -> None:
-    """Wait (up to ``SETTLE_TIMEOUT_S``) for what the observers started for ``record``."""
+def _is_stream(start: Message) -> bool:
+    return any(
+        name == b"content-type" and value.startswith(b"text/event-stream")
+        for name, value in start.get("headers", ())
+    )
+
+
+async def settle(record: Finished) -> bool:
+    """Wait (up to ``SETTLE_TIMEOUT_S``) for what the observers started for ``record``; True
+    if all of it landed."""
     if not record.settling:
-        return
+        return True
     try:  # shielded: a client that leaves now does not cancel its charge
-        await asyncio.wait_for(asyncio.shield(asyncio.gather(*record.settling)), SETTLE_TIMEOUT_S)
-    except Exception:  # the answer still goes out; the charge may land late or not at all
-        logger.warning("usage not recorded in time [request_id=%s]", record.request_id)
+        done = asyncio.gather(*record.settling)
+        landed = all(await asyncio.wait_for(asyncio.shield(done), SETTLE_TIMEOUT_S))
+    except Exception:  # still under way: it may land later (``deliver`` keeps trying)
+        landed = False
+    if not landed:
+        logger.warning("usage not recorded [request_id=%s]", record.request_id)
+    return landed
 
 
 def report(observers: list[Observer], record: Finished) -> None:

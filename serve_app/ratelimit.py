@@ -20,7 +20,6 @@ are counted here too, from the same charges, so the ledger and the metrics agree
 """
 
 import asyncio
-import contextvars
 import dataclasses
 import logging
 import math
@@ -30,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from deployments.common.contracts import Charge
-from deployments.common.usage import Account
+from deployments.common.usage import Account, charging
 from serve_app.auth import APIKey
 from serve_app.errors import APIError
 from serve_app.log import LOGGER
@@ -293,7 +292,4 @@ class RateLimits:
             return
         charge = record.charge(self.handle)
         if charge is not None:
-            # Made in a context of its own: Serve cancels the calls of a request whose client
-            # went away (it finds them through the request context); a charge must land.
-            call = contextvars.Context().run(self.handle.charge.remote, [charge])
-            record.settling.append(call)
+            record.settling.append(charging(self.handle, charge))

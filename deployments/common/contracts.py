@@ -130,6 +130,9 @@ class ChunkFrame:
     """One streamed event: ``data`` is the JSON text of an SSE ``data:`` line."""
 
     data: str
+    # On a local engine's first chunk: the prompt's tokens. Should the replica die before
+    # the stream's usage frame, the ingress charges this plus a token per chunk relayed.
+    prompt_tokens: int = 0
 
 
 Frame = ErrorFrame | JSONFrame | TextFrame | ChunkFrame | UsageFrame

@@ -5,6 +5,7 @@ A request's usage normally reaches the ingress in its last frame, and the ingres
 the request timed out or was cancelled, or the engine failed), the ingress never sees the
 counts; the replica does. ``metered`` wraps a replica's frames and, in that case, charges
 what the engine counted to the rate limiter itself, with the ``Account`` the ingress sent.
+``deliver`` is how the ingress and the replicas hand a charge to the limiter.
 """
 
 import asyncio
@@ -21,6 +22,8 @@ from deployments.common.contracts import Charge, Frame, JSONFrame, TextFrame, Us
 logger = logging.getLogger("ray.serve.deployments.usage")
 
 _charging: set[asyncio.Task] = set()  # charges under way (kept from the garbage collector)
+DELIVER_S = 60.0  # a charge is offered this long to a limiter that died (Serve restarts it)
+RETRY_S = 1.0
 
 
 @dataclass(slots=True)
@@ -72,18 +75,41 @@ async def metered(
         raise
     finally:
         if not settled and (usage := used()):
-            # In a context of its own: Serve cancels the calls a cancelled request made (it
-            # finds them through the request context), and this one must go through.
-            task = asyncio.get_running_loop().create_task(
-                _charge(account, account.charge(model, usage, ended)), context=contextvars.Context()
-            )
-            _charging.add(task)
-            task.add_done_callback(_charging.discard)
+            _charge(account, account.charge(model, usage, ended))
 
 
-async def _charge(account: Account, charge: Charge) -> None:
+def _charge(account: Account, charge: Charge) -> None:
     try:
-        handle: Any = serve.get_deployment_handle(*account.limiter)
-        await handle.charge.remote([charge])
+        charging(serve.get_deployment_handle(*account.limiter), charge)
     except Exception:
         logger.exception("could not charge %s's cut-short usage %s", account.key, charge)
+
+
+def charging(handle: Any, charge: Charge) -> asyncio.Task:
+    """``deliver`` in a task (kept until it ends) and a context of its own: Serve cancels the
+    calls a cancelled request made (it finds them through the request context), and a charge
+    must go through."""
+    task = asyncio.get_running_loop().create_task(
+        deliver(handle, charge), context=contextvars.Context()
+    )
+    _charging.add(task)
+    task.add_done_callback(_charging.discard)
+    return task
+
+
+async def deliver(handle: Any, charge: Charge) -> bool:
+    """Charge ``charge`` through the limiter's ``handle``; True once the ledger has it (False:
+    the store refused it, and the limiter keeps it to write again). A call the limiter
+    could not answer (it died: Serve starts another) is made again, for up to ``DELIVER_S``;
+    a charge still not taken then is logged whole, to be reconciled by hand. A limiter that
+    died after its commit but before its answer is charged twice: at least once, never lost."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DELIVER_S
+    while True:
+        try:
+            return bool(await handle.charge.remote([charge]))
+        except Exception:
+            if loop.time() >= deadline:
+                logger.exception("usage not charged (the rate limiter is unreachable): %s", charge)
+                return False
+            await asyncio.sleep(RETRY_S)

@@ -57,7 +57,9 @@ SERVING_OPTIONS = (
     "enable_auto_tool_choice",
     "tool_strict_level",
 )
-# The request being served in this task: the engine tap reports into it.
+# The request being served in this task: the engine tap reports into it. Set, never reset:
+# Serve runs each call in a task of its own, whose context dies with it (and a generator
+# closed from another task could not reset it there).
 _stats: contextvars.ContextVar[RequestStats | None] = contextvars.ContextVar(
     "request_stats", default=None
 )
@@ -203,12 +205,9 @@ class VLLMEngine(HeldEngine):
         if body.get("stream"):
             body["stream_options"] = {**options, "include_usage": True}
         stats.want_prompt = return_prompt
-        token = _stats.set(stats)
-        try:
-            async for frame in self._frames(chat, body, stats, client_wants_usage, return_prompt):
-                yield frame
-        finally:
-            _stats.reset(token)
+        _stats.set(stats)
+        async for frame in self._frames(chat, body, stats, client_wants_usage, return_prompt):
+            yield frame
 
     async def _frames(
         self,
@@ -259,9 +258,10 @@ class VLLMEngine(HeldEngine):
                 add_logprobs_refusal(data)
             if first and return_prompt:
                 data["prompt"] = stats.prompt
-            first = False
             if client_wants_usage or not usage_chunk:
-                yield ChunkFrame(json.dumps(drop_nulls(data), separators=(",", ":")))
+                chunk = json.dumps(drop_nulls(data), separators=(",", ":"))
+                yield ChunkFrame(chunk, stats.prompt_tokens) if first else ChunkFrame(chunk)
+            first = False
             if usage_chunk:
                 yield UsageFrame(token_usage(data["usage"]))
 

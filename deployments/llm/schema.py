@@ -53,6 +53,10 @@ class RequestStats:
             "cached_tokens": float(max(s.num_cached_tokens for s in self.states)),
         }
 
+    @property
+    def prompt_tokens(self) -> int:
+        return max((s.prompt_len or 0 for s in self.states), default=0)
+
     def observe(self, generated: int, scheduled_ts: float, last_token_ts: float) -> None:
         """Fold in one finished sequence's figures."""
         self.generated += generated

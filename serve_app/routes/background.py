@@ -106,7 +106,9 @@ class Background:
                 cancel_call(stream)
                 end = builder.fail(first)
             else:
-                frames = chain_frames(first, rest_frames(stream, record.add_usage, record.failed))
+                frames = chain_frames(
+                    first, rest_frames(stream, record.add_usage, record.failed, first)
+                )
                 work = asyncio.create_task(self._consume(frames))
                 stop = asyncio.create_task(self.cancelled.wait())
                 await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)

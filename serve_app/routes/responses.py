@@ -139,7 +139,7 @@ async def create_response(body: ResponseRequest, request: Request, key: Key) -> 
     if isinstance(first, ErrorFrame):  # refused before any output: nothing to store
         cancel_call(stream)
         return error_response(first, first.headers)
-    frames = chain_frames(first, rest_frames(stream, record.add_usage, record.failed))
+    frames = chain_frames(first, rest_frames(stream, record.add_usage, record.failed, first))
     if body.stream:
         return StreamingResponse(
             _events(builder, frames, save, rid),

@@ -55,6 +55,10 @@ keys:
   - name: leaver-on-a-budget
     secret: leaver-on-a-budget-secret
     limits: {{tokens_per_day: 300}}
+  - name: cut-by-a-crash
+    secret: cut-by-a-crash-secret
+  - name: waiter
+    secret: waiter-secret
 """
 # What the session's app changes from the shipped config, so that limits are reachable:
 # two ingress replicas (rate limits must hold across them), small LLM queues, a request

@@ -50,20 +50,30 @@ def chat_ok(http: httpx.Client) -> bool:
     return http.post("/v1/chat/completions", json=body, timeout=30).status_code == 200
 
 
+STORY = [{"role": "user", "content": "Tell me a long story."}]
+
+
 def stream_events(
-    http: httpx.Client, max_tokens: int, started: threading.Event | None = None
+    http: httpx.Client,
+    max_tokens: int,
+    started: threading.Event | None = None,
+    secret: str | None = None,
 ) -> tuple[int, list[str], float]:
-    """Status, SSE payloads and end time of one stream; ``started`` is set at its first event."""
+    """Status, SSE payloads and end time of one stream (of the key ``secret``, if given);
+    ``started`` is set at its first event."""
     body = {
         "model": MODEL,
-        "messages": [{"role": "user", "content": "Tell me a long story."}],
+        "messages": STORY,
         "max_tokens": max_tokens,
         "ignore_eos": True,  # vLLM's: always generate max_tokens
         "temperature": 0,
         "stream": True,
     }
     events = []
-    with http.stream("POST", "/v1/chat/completions", json=body, timeout=120) as response:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else None
+    with http.stream(
+        "POST", "/v1/chat/completions", json=body, headers=headers, timeout=120
+    ) as response:
         for line in response.iter_lines():
             if line.startswith("data: "):
                 events.append(line.removeprefix("data: "))

@@ -20,24 +20,34 @@ from tests.serve.conftest import ROOT, model_handle
 from tests.serve.replicas import (
     LLM_DEPLOYMENT,
     MODEL,
+    STORY,
     chat_ok,
     engine_cores,
     replica_pids,
     stream_events,
 )
+from tests.serve.test_metrics_api import scrape, total
+from tests.serve.test_usage_api import ledger
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
 
 
-def test_llm_replica_killed_under_load_recovers(http: httpx.Client):
+def test_llm_replica_killed_under_load_recovers(http: httpx.Client, base_url: str, metrics_url):
+    """... and the streams it cut are charged the ingress's estimate (the replica cannot charge
+    them): the prompt as vLLM counted it, a token per chunk the client got."""
+    since = int(time.time()) - 60
     (pid,) = replica_pids(LLM_DEPLOYMENT)
     cores = engine_cores(pid)
     assert len(cores) == 1, "the replica runs its engine core in a child process"
     llm = model_handle(LLM_DEPLOYMENT)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         started = [threading.Event() for _ in range(3)]
-        streams = [pool.submit(stream_events, http, 600, event) for event in started]
+        secrets = ["cut-by-a-crash-secret", None, None]
+        streams = [
+            pool.submit(stream_events, http, 600, event, secret)
+            for event, secret in zip(started, secrets, strict=True)
+        ]
         unary = pool.submit(
             http.post,
             "/v1/chat/completions",
@@ -52,6 +62,7 @@ def test_llm_replica_killed_under_load_recovers(http: httpx.Client):
         wait_until(lambda: all(e.is_set() for e in started), 30, "the streams' first events")
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
+        chunks = []
         for future in streams:
             status, events, ended = future.result(timeout=60)
             assert ended - killed_at < 15, "stream hung after the replica died"
@@ -59,12 +70,23 @@ def test_llm_replica_killed_under_load_recovers(http: httpx.Client):
             error = json.loads(events[-2])
             assert error["error"]["type"] == "server_error"
             assert "Traceback" not in events[-2] and "pid" not in events[-2]
+            chunks.append(len(events) - 2)
         response = unary.result(timeout=60)
         assert response.status_code == 503  # README: a dead replica is a 503 envelope
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     wait_until(lambda: chat_ok(http), 240, "a replacement replica")
     (new_pid,) = replica_pids(LLM_DEPLOYMENT)
     assert new_pid != pid
+    asked = {"model": MODEL, "messages": STORY, "max_tokens": 1}
+    prompt = http.post("/v1/chat/completions", json=asked).json()["usage"]["prompt_tokens"]
+    charged = ledger(base_url, "cut-by-a-crash", since)
+    assert charged == {"requests": 1, "input": prompt, "output": chunks[0]}
+    lost = {"key": "cut-by-a-crash", "kind": "completion", "ended": "lost"}
+    wait_until(
+        lambda: total(scrape(metrics_url), "ray_openai_api_tokens_total", lost) == chunks[0],
+        30,
+        "the estimate in Prometheus",
+    )
     # The dead replica's engine core went with it (it is not left orphaned, holding memory).
     (core,) = cores
     try:

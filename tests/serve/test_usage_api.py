@@ -5,12 +5,14 @@ the ledger answers OpenAI's Usage API through the official SDK."""
 import time
 
 import httpx
+import openai
 import pytest
 from openai import OpenAI
 
 from tests.audio_files import SPEECH_EN
 from tests.serve.conftest import API_KEY
 from tests.serve.test_metrics_api import scrape, total
+from tests.serve.test_security_api import wait_engine_idle
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
@@ -105,6 +107,29 @@ def test_a_client_that_leaves_mid_stream_is_charged_what_the_engine_did(base_url
 
     charged = charged_as_the_engine_counted(base_url, metrics_url, "leaver", leave)
     assert 5 <= charged["output"] < 1500  # cut short, and charged more than nothing
+
+
+def test_a_request_that_times_out_is_504_and_charged_what_the_engine_did(base_url, metrics_url):
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="waiter-secret", max_retries=0)
+
+    def time_out() -> int:
+        start = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(
+                model=LLM,
+                messages=[{"role": "user", "content": "Count from 1 to 2000."}],
+                max_tokens=1900,
+                temperature=0,
+                extra_body={"ignore_eos": True},  # vLLM's: 1900 tokens take over 80 s here
+            )
+        assert info.value.status_code == 504
+        assert info.value.code == "timeout"
+        assert 60 <= time.monotonic() - start < 70  # the session's request_timeout_s is 60
+        return 1
+
+    charged = charged_as_the_engine_counted(base_url, metrics_url, "waiter", time_out)
+    assert 0 < charged["output"] < 1900  # the generation was aborted at the timeout
+    wait_engine_idle(5)
 
 
 def test_a_cancelled_background_response_is_charged_what_the_engine_did(base_url, metrics_url):

@@ -85,6 +85,7 @@ class Finished:
             kind=LEDGER_KINDS.get(self.route, "completions"),
             route=self.route,
             limiter=(limiter.deployment_name, limiter.app_name),
+            request_id=self.request_id,
         )
 
     def charge(self, limiter: Any) -> Charge | None:

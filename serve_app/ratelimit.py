@@ -123,9 +123,9 @@ class RateLimiter:
         self._windows: dict[tuple[str, str], _Window] = {}
         self._periods: dict[tuple[str, str, str], _Period] = {}
         self._restored: asyncio.Task | None = None
-        self._pending: list[tuple[list[dict[str, Any]], asyncio.Future]] = []
+        self._pending: list[tuple[list[Charge], asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
-        self._unwritten: list[dict[str, Any]] = []  # refused by the store: written again later
+        self._unwritten: list[Charge] = []  # refused by the store: written again later
 
     async def _restore(self) -> None:
         """Load the counters from the ledger, once (a failed load is tried again on the next
@@ -198,10 +198,13 @@ class RateLimiter:
 
     async def charge(self, charges: list[Charge]) -> bool:
         """Charge usage to its keys' budgets and write it to the ledger; True once committed
-        (False: the store refused it; it is kept and written again later)."""
+        (False: the store refused it; it is kept and written again later).
+
+        The budgets count a charge at once; Prometheus once the ledger has added it (a charge
+        sent again, by an ingress whose limiter died before answering, is added once).
+        """
         await self._restore()
         now = self.clock()
-        rows = []
         for charge in charges:
             charge.at = now
             for kind, amount in amounts(charge).items():
@@ -209,10 +212,8 @@ class RateLimiter:
                     self._window(charge.key, kind, now).add(now, amount)
                     for period in ("day", "month"):
                         self._period(charge.key, kind, period, now).total += amount
-            self.metrics.count(charge)
-            rows.append(dataclasses.asdict(charge))
         done = asyncio.get_running_loop().create_future()
-        self._pending.append((rows, done))
+        self._pending.append((charges, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.ensure_future(self._write())
         return await asyncio.shield(done)
@@ -222,14 +223,18 @@ class RateLimiter:
         transaction, until none is left; then the ones the store refused, every ``RETRY_S``."""
         while self._pending or self._unwritten:
             batch, self._pending = self._pending, []
-            rows = [row for part, _ in batch for row in part]
+            charges = self._unwritten + [charge for part, _ in batch for charge in part]
             try:
-                await self.ledger.add_usage(self._unwritten + rows)
+                added = await self.ledger.add_usage([dataclasses.asdict(c) for c in charges])
                 self._unwritten, committed = [], True
             except Exception:
-                logger.exception("usage ledger: %d charges not written; retrying", len(rows))
-                self._unwritten += rows
-                committed = False
+                fresh = charges[len(self._unwritten) :]  # the others were logged already
+                logger.exception("usage ledger: %d charges held, retrying: %s", len(charges), fresh)
+                self._unwritten, committed = charges, False
+            else:
+                for charge, new in zip(charges, added, strict=True):
+                    if new:
+                        self.metrics.count(charge)
             for _, done in batch:
                 if not done.done():
                     done.set_result(committed)

@@ -86,6 +86,9 @@ class Charge:
     model: str
     kind: str
     route: str  # the API route (metrics label)
+    # Charged once in the ledger: the request id (``<id>/cut`` for what a model replica
+    # charges of a call cut short); "" for a charge without one
+    id: str = ""
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0

@@ -35,13 +35,19 @@ class Account:
     route: str
     limiter: tuple[str, str]  # (deployment, application) of the rate limiter
     batch: bool = False
+    request_id: str = ""
 
-    def charge(self, model: str, usage: Usage, ended: str, estimated: bool = False) -> Charge:
+    def charge(
+        self, model: str, usage: Usage, ended: str, estimated: bool = False, cut: bool = False
+    ) -> Charge:
+        """``cut``: the charge of a call cut short, from the model replica (the ingress's
+        charge of the same request, if any, is another)."""
         return Charge(
             key=self.key,
             model=model,
             kind=self.kind,
             route=self.route,
+            id=f"{self.request_id}/cut" if cut and self.request_id else self.request_id,
             input_tokens=int(usage.get("prompt_tokens", 0)),
             output_tokens=int(usage.get("completion_tokens", 0)),
             cached_tokens=int(usage.get("cached_tokens", 0)),
@@ -75,7 +81,7 @@ async def metered(
         raise
     finally:
         if not settled and (usage := used()):
-            _charge(account, account.charge(model, usage, ended))
+            _charge(account, account.charge(model, usage, ended, cut=True))
 
 
 def _charge(account: Account, charge: Charge) -> None:
@@ -101,8 +107,9 @@ async def deliver(handle: Any, charge: Charge) -> bool:
     """Charge ``charge`` through the limiter's ``handle``; True once the ledger has it (False:
     the store refused it, and the limiter keeps it to write again). A call the limiter
     could not answer (it died: Serve starts another) is made again, for up to ``DELIVER_S``;
-    a charge still not taken then is logged whole, to be reconciled by hand. A limiter that
-    died after its commit but before its answer is charged twice: at least once, never lost."""
+    a charge still not taken then is logged whole, to be reconciled by hand. One that a
+    limiter committed before it died, unanswered, is sent again: the ledger adds it once
+    (``Charge.id``)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DELIVER_S
     while True:

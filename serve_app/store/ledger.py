@@ -5,8 +5,14 @@ the requests and counts charged in that minute. A charge adds to its row in the 
 statement (an upsert), so concurrent writers (every store replica of a PostgreSQL cluster)
 never lose each other's counts, and a charge is committed when ``add_usage`` returns.
 Rows older than the store's ``usage_retention_days`` are deleted by the hourly cleanup.
+
+A charge is added once: its id (the request's, see ``Charge.id``) goes into
+``usage_charges`` in the same transaction, and a charge whose id is there already adds
+nothing. So a charge sent again (its limiter died after the commit, before its answer) is
+not counted twice. Ids are kept a day (a charge is retried for a minute at most).
 """
 
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,41 +32,54 @@ MIGRATION = [
         PRIMARY KEY (minute, api_key, model, kind, batch, estimated)
     )""",
     "CREATE INDEX IF NOT EXISTS usage_minutes_key ON usage_minutes (api_key, minute)",
+    """CREATE TABLE IF NOT EXISTS usage_charges (
+        id TEXT PRIMARY KEY,
+        charged_at BIGINT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS usage_charges_at ON usage_charges (charged_at)",
 ]
 COUNTS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "audio_seconds")
+_TYPES = ("BIGINT", "TEXT", "TEXT", "TEXT", "INTEGER", "INTEGER")
+_TYPES += ("BIGINT",) * 4 + ("DOUBLE PRECISION",)
+# The upsert of a charge whose id is not in ``usage_charges`` (typed: PostgreSQL does not
+# infer a SELECT list's parameter types from the columns they go into).
 ADD = f"""INSERT INTO usage_minutes
     (minute, api_key, model, kind, batch, estimated, {", ".join(COUNTS)})
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    SELECT {", ".join(f"CAST(%s AS {type_})" for type_ in _TYPES)}
+    WHERE NOT EXISTS (SELECT 1 FROM usage_charges WHERE id = %s)
     ON CONFLICT (minute, api_key, model, kind, batch, estimated) DO UPDATE SET
     {", ".join(f"{name} = usage_minutes.{name} + excluded.{name}" for name in COUNTS)}"""
+NOTED = "INSERT INTO usage_charges (id, charged_at) VALUES (%s, %s) ON CONFLICT (id) DO NOTHING"
+IDS_KEPT_S = 86400
 # What the rate limiter's budgets count, per key, since a time.
 TOTALS = """SELECT api_key, SUM(requests), SUM(input_tokens + output_tokens), SUM(audio_seconds)
     FROM usage_minutes WHERE minute >= %s GROUP BY api_key"""
 GROUPS = ("api_key", "model", "batch")  # what the Usage API can group by here
 EXPIRED = "DELETE FROM usage_minutes WHERE minute < %s"
+EXPIRED_IDS = "DELETE FROM usage_charges WHERE charged_at < %s"
 
 
 def add_statements(charges: Sequence[dict[str, Any]]) -> list[tuple[str, tuple]]:
-    """The upserts of ``charges`` (``deployments.common.contracts.Charge`` as dicts)."""
-    return [
-        (
-            ADD,
-            (
-                int(charge["at"]) // 60 * 60,
-                charge["key"],
-                charge["model"],
-                charge["kind"],
-                int(charge["batch"]),
-                int(charge["estimated"]),
-                1,  # a charge is one request
-                int(charge["input_tokens"]),
-                int(charge["output_tokens"]),
-                int(charge["cached_tokens"]),
-                float(charge["audio_seconds"]),
-            ),
+    """Two statements per charge (``deployments.common.contracts.Charge`` as a dict): its
+    upsert, unless its id was charged already, then its id."""
+    statements = []
+    for charge in charges:
+        id_ = charge["id"] or uuid.uuid4().hex
+        values = (
+            int(charge["at"]) // 60 * 60,
+            charge["key"],
+            charge["model"],
+            charge["kind"],
+            int(charge["batch"]),
+            int(charge["estimated"]),
+            1,  # a charge is one request
+            int(charge["input_tokens"]),
+            int(charge["output_tokens"]),
+            int(charge["cached_tokens"]),
+            float(charge["audio_seconds"]),
         )
-        for charge in charges
-    ]
+        statements += [(ADD, (*values, id_)), (NOTED, (id_, int(charge["at"])))]
+    return statements
 
 
 def buckets_query(
@@ -103,9 +122,11 @@ class UsageLedger:
     async def _transaction(self, statements: list[tuple[str, tuple]]) -> list[int]:
         raise NotImplementedError
 
-    async def add_usage(self, charges: list[dict[str, Any]]) -> None:
-        """Add charges to the ledger, committed when this returns."""
-        await self._transaction(add_statements(charges))
+    async def add_usage(self, charges: list[dict[str, Any]]) -> list[bool]:
+        """Add charges to the ledger, committed when this returns; for each, whether it was
+        added (False: its id was charged already)."""
+        counts = await self._transaction(add_statements(charges))
+        return [count > 0 for count in counts[::2]]
 
     async def usage_totals(self, since: int) -> list[tuple[str, float, float, float]]:
         """``(key, requests, tokens, audio seconds)`` per key, in the minutes from ``since``

@@ -355,7 +355,8 @@ class SQLStore(ledger.UsageLedger, ABC):
         """Delete what is past its retention; how many responses went."""
         now = _now()
         old_usage = (ledger.EXPIRED, (int(now - self.usage_retention_s),))
-        deleted, _ = await self._transaction([(EXPIRED, (now,)), old_usage])
+        old_ids = (ledger.EXPIRED_IDS, (int(now - ledger.IDS_KEPT_S),))
+        deleted, *_ = await self._transaction([(EXPIRED, (now,)), old_usage, old_ids])
         return deleted
 
 

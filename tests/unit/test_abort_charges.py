@@ -141,7 +141,7 @@ def test_a_response_whose_charge_the_ledger_did_not_take_says_so(tmp_path, monke
     async def flaky(self, charges):
         if failing[0]:
             raise ConnectionError("store down")
-        await add_usage(self, charges)
+        return await add_usage(self, charges)
 
     monkeypatch.setattr(SQLStore, "add_usage", flaky)
     limiter = local_limiter(tmp_path)

@@ -167,7 +167,7 @@ def test_a_charge_the_store_refuses_is_kept_counted_and_written_later(tmp_path, 
     async def flaky(self, charges):
         if failing[0]:
             raise ConnectionError("store down")
-        await add_usage(self, charges)
+        return await add_usage(self, charges)
 
     monkeypatch.setattr(SQLStore, "add_usage", flaky)
 

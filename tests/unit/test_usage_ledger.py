@@ -11,6 +11,7 @@ T0 = 1_780_000_000 // 86400 * 86400  # a UTC midnight
 def charge(at, key="team-a", model="m", kind="completions", **counts):
     return {
         "at": at,
+        "id": counts.pop("id", ""),
         "key": key,
         "model": model,
         "kind": kind,
@@ -42,6 +43,22 @@ def test_charges_of_one_minute_add_up_and_concurrent_writers_lose_nothing(make_s
         "cached_tokens": 0,
         "audio_seconds": 0.0,
     }
+
+
+def test_a_charge_sent_again_is_added_once(make_store):
+    """Its limiter died after the commit, before its answer: the ingress sends it again, to
+    the next limiter, maybe in a later minute, maybe beside itself."""
+    store = make_store()
+    first = [charge(T0 + 1, id="req-1", input_tokens=5), charge(T0 + 2, id="req-1/cut")]
+    assert run(store.add_usage(first)) == [True, True]
+    again = charge(T0 + 61, id="req-1", input_tokens=5)
+    assert run(store.add_usage([again, charge(T0 + 62, id="req-2"), again])) == [
+        False,
+        True,
+        False,
+    ]
+    rows = run(store.usage_buckets("completions", T0, T0 + 120, 120))
+    assert [(r["requests"], r["input_tokens"]) for r in rows] == [(3, 5)]
 
 
 def test_buckets_group_and_filter_like_the_usage_api(make_store):

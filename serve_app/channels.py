@@ -18,6 +18,7 @@ from typing import Any
 
 from deployments.common.channel import Moved, Sent
 from deployments.common.contracts import ChunkFrame, Frame
+from deployments.common.tasks import detached
 from serve_app.log import LOGGER
 
 logger = logging.getLogger(LOGGER)
@@ -55,7 +56,10 @@ class Channels:
         stream that stayed on its call named one without a channel), one try at a time."""
         if id(handle) not in self._opening:
             self._opening.add(id(handle))
-            asyncio.ensure_future(self._read(handle))
+            # Detached: made in the request's context, the channel call would be that
+            # request's child, and Serve would cancel it (and end every stream on it) when
+            # that one client went away.
+            detached(self._read(handle))
 
     async def _read(self, handle: Any) -> None:
         stream = handle.options(stream=True, _by_reference=False).channel.remote(self.caller)

@@ -27,7 +27,7 @@ from serve_app.sse import sse_stream
 
 logger = logging.getLogger(LOGGER)
 
-UsageCallback = Callable[..., None] | None  # (usage, estimated=False)
+UsageCallback = Callable[..., None] | None  # (usage, estimated=False, lost=False)
 ErrorCallback = Callable[[ErrorFrame], None] | None
 
 # How a stream ends when its replica died (it could not charge what it did; the ingress
@@ -107,15 +107,15 @@ async def rest_frames(
     """The rest of a backend stream, usage taken out; cancel the call if we stop early.
 
     A stream whose replica dies before its usage frame is charged an estimate (``on_usage``
-    with ``estimated=True``): the prompt as its ``first`` chunk counted it, and a token per
-    chunk relayed.
+    with ``estimated=True, lost=True``): the prompt as its ``first`` chunk counted it, and a
+    token per chunk relayed.
     """
     chunks = 1
     try:
         async for frame in stream:
             if isinstance(frame, UsageFrame):
                 if on_usage:
-                    on_usage(frame.usage)
+                    on_usage(frame.usage, estimated=frame.estimated)
                 continue
             if isinstance(frame, ErrorFrame) and on_error:
                 on_error(frame)
@@ -126,7 +126,8 @@ async def rest_frames(
             on_error(ErrorFrame(500, "The model backend failed mid-stream."))
         prompt = first.prompt_tokens if isinstance(first, ChunkFrame) else 0
         if on_usage and prompt and isinstance(exc, REPLICA_LOST):
-            on_usage({"prompt_tokens": prompt, "completion_tokens": chunks}, estimated=True)
+            usage = {"prompt_tokens": prompt, "completion_tokens": chunks}
+            on_usage(usage, estimated=True, lost=True)
         raise
     finally:
         cancel_call(stream)
@@ -253,7 +254,7 @@ async def frames_to_response(
     if isinstance(first, JSONFrame | TextFrame):
         cancel_call(stream)
         if on_usage:
-            on_usage(first.usage)
+            on_usage(first.usage, estimated=getattr(first, "estimated", False))
         if isinstance(first, JSONFrame):
             return JSONResponse(first.body)
         return PlainTextResponse(first.text, media_type=first.media_type)

@@ -63,7 +63,8 @@ class Finished:
     stream: bool = False
     admitted: bool = False  # passed admit(): counted in flight until finished
     usage: Usage = field(default_factory=dict)  # count name -> amount (contracts.USAGE_COUNTS)
-    estimated: bool = False  # ``usage`` is the ingress's estimate (the replica died mid-way)
+    estimated: bool = False  # some of ``usage`` is a guess (see ``add_usage``)
+    lost: bool = False  # the replica died mid-stream: ``usage`` is the ingress's estimate
     status: int = 0
     error_code: str | None = None
     # The work goes on after the HTTP answer (a background response): whoever runs it
@@ -73,8 +74,11 @@ class Finished:
     # token budget): awaited before the response's last bytes go out.
     settling: list[Any] = field(default_factory=list)
 
-    def add_usage(self, usage: Usage, estimated: bool = False) -> None:
+    def add_usage(self, usage: Usage, estimated: bool = False, lost: bool = False) -> None:
+        """Add what a model call used; ``estimated``: guessed (an upstream provider that sent
+        no usage, or ``lost``: the model replica died before it said)."""
         self.estimated |= estimated
+        self.lost |= lost
         for name, amount in usage.items():
             self.usage[name] = self.usage.get(name, 0.0) + amount
 
@@ -89,16 +93,22 @@ class Finished:
         )
 
     def charge(self, limiter: Any) -> Charge | None:
-        """What the request used, as the ledger's charge (None if it used nothing)."""
+        """What the request used, as the ledger's charge (None if it used nothing).
+
+        The estimate of a stream whose replica seemed to die is charged under the id the
+        replica charges a call cut short with: should the replica live after all (its
+        channel alone ended), the ledger adds only the first of the two.
+        """
         if not any(self.usage.values()):
             return None
-        if self.estimated:
+        if self.lost:
             ended = "lost"
         elif self.status < 400 or self.status == CLIENT_CLOSED:
             ended = "completed"
         else:
             ended = "failed"
-        return self.account(limiter).charge(self.model, self.usage, ended, self.estimated)
+        account = self.account(limiter)
+        return account.charge(self.model, self.usage, ended, self.estimated, cut=self.lost)
 
     def failed(self, frame: ErrorFrame) -> None:
         """An error the client got inside a stream (its HTTP status was already 200)."""

@@ -110,6 +110,7 @@ class JSONFrame:
 
     body: dict[str, Any] = field(default_factory=dict)
     usage: Usage = field(default_factory=dict)
+    estimated: bool = False  # ``usage`` is guessed (an upstream provider that sent none)
 
 
 @dataclass(slots=True)
@@ -126,6 +127,7 @@ class UsageFrame:
     """The last frame of a stream: what it cost. Not sent."""
 
     usage: Usage
+    estimated: bool = False  # as ``JSONFrame.estimated``
 
 
 @dataclass(slots=True)

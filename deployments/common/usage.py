@@ -9,7 +9,6 @@ what the engine counted to the rate limiter itself, with the ``Account`` the ing
 """
 
 import asyncio
-import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -18,10 +17,10 @@ from typing import Any
 from ray import serve
 
 from deployments.common.contracts import Charge, Frame, JSONFrame, TextFrame, Usage, UsageFrame
+from deployments.common.tasks import detached
 
 logger = logging.getLogger("ray.serve.deployments.usage")
 
-_charging: set[asyncio.Task] = set()  # charges under way (kept from the garbage collector)
 DELIVER_S = 60.0  # a charge is offered this long to a limiter that died (Serve restarts it)
 RETRY_S = 1.0
 
@@ -64,9 +63,11 @@ async def metered(
     account: Account | None,
     model: str,
     used: Callable[[], Usage],
+    estimated: bool = False,
 ) -> AsyncIterator[Frame]:
     """``frames`` as they come; if they end before a frame that carries the request's usage,
-    charge ``used()`` (what the engine counted so far) to ``account``."""
+    charge ``used()`` (what the engine counted so far; a guess if ``estimated``) to
+    ``account``."""
     settled = account is None
     ended = "cancelled"
     try:
@@ -81,7 +82,7 @@ async def metered(
         raise
     finally:
         if not settled and (usage := used()):
-            _charge(account, account.charge(model, usage, ended, cut=True))
+            _charge(account, account.charge(model, usage, ended, estimated, cut=True))
 
 
 def _charge(account: Account, charge: Charge) -> None:
@@ -92,15 +93,8 @@ def _charge(account: Account, charge: Charge) -> None:
 
 
 def charging(handle: Any, charge: Charge) -> asyncio.Task:
-    """``deliver`` in a task (kept until it ends) and a context of its own: Serve cancels the
-    calls a cancelled request made (it finds them through the request context), and a charge
-    must go through."""
-    task = asyncio.get_running_loop().create_task(
-        deliver(handle, charge), context=contextvars.Context()
-    )
-    _charging.add(task)
-    task.add_done_callback(_charging.discard)
-    return task
+    """``deliver``, detached from the request: a charge must go through."""
+    return detached(deliver(handle, charge))
 
 
 async def deliver(handle: Any, charge: Charge) -> bool:

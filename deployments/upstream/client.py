@@ -5,6 +5,7 @@ What the provider answers becomes ``deployments.common.contracts`` frames:
 - 2xx: the JSON body (``JSONFrame``) or each SSE ``data:`` event as it arrives (``ChunkFrame``,
   no buffering), ``model`` showing the id the client asked for; the stream's usage chunk
   is passed on only if the client asked for it, and always ends the stream as ``UsageFrame``.
+  A provider that sends no usage is charged an ``Estimate``, marked as one.
 - 400/404/409/413/422 and other 4xx: the same status with the provider's message.
 - 401/403: 502, the provider refused our credentials. 429: 429 with ``Retry-After``.
   5xx and connection errors: 502. No first byte within the model's ``timeout_s``: 504.
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,11 +32,50 @@ from deployments.common.contracts import (
     ErrorFrame,
     Frame,
     JSONFrame,
+    Usage,
     UsageFrame,
     token_usage,
 )
 
 logger = logging.getLogger("ray.serve.deployments.upstream")
+
+# Keys of a message or choice that are not text the model read or wrote.
+_NOT_TEXT = frozenset({"role", "type", "id", "index", "finish_reason", "logprobs", "model"})
+
+
+class Estimate:
+    """Tokens guessed from text (4 characters a token, OpenAI's rule of thumb for English),
+    for a provider that sends no usage, or a request cut short before its usage came."""
+
+    CHARS_PER_TOKEN = 4
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.prompt_chars = _text_chars(body.get("messages", body.get("prompt", body.get("input"))))
+        self.output_chars = 0
+
+    def add(self, choices: Any) -> None:
+        self.output_chars += _text_chars(choices)
+
+    def used(self) -> Usage:
+        """What a request cut short is charged: nothing until the provider has answered."""
+        return self.usage() if self.output_chars else {}
+
+    def usage(self) -> Usage:
+        return {
+            "prompt_tokens": float(math.ceil(self.prompt_chars / self.CHARS_PER_TOKEN)),
+            "completion_tokens": float(math.ceil(self.output_chars / self.CHARS_PER_TOKEN)),
+        }
+
+
+def _text_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return sum(_text_chars(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_text_chars(item) for key, item in value.items() if key not in _NOT_TEXT)
+    return 0
+
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 RETRY_STATUSES = (429, 503)
@@ -86,9 +127,15 @@ class UpstreamClient:
         return text.replace(self._secret, "[redacted]") if self._secret else text
 
     async def generate(
-        self, endpoint: str, body: dict[str, Any], request_id: str
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        estimate: Estimate | None = None,
     ) -> AsyncIterator[Frame]:
-        """Run one chat or completions request at the provider; yields frames."""
+        """Run one chat or completions request at the provider; yields frames. ``estimate``
+        follows the text (what is charged if the provider says nothing of its usage)."""
+        estimate = estimate or Estimate(body)
         our_id = body["model"]
         model = self.models[our_id]
         payload = {**body, "model": model["upstream_model"]}
@@ -112,7 +159,8 @@ class UpstreamClient:
             if response.status_code >= 300:
                 yield await self._error(response)
             elif stream:
-                async for frame in self._events(response, our_id, model, client_wants_usage):
+                frames = self._events(response, our_id, model, client_wants_usage, estimate)
+                async for frame in frames:
                     yield frame
             else:
                 try:
@@ -122,7 +170,11 @@ class UpstreamClient:
                     return
                 result = json.loads(data)
                 result["model"] = our_id
-                yield JSONFrame(result, usage=token_usage(result.get("usage")))
+                if usage := token_usage(result.get("usage")):
+                    yield JSONFrame(result, usage=usage)
+                else:
+                    estimate.add(result.get("choices"))
+                    yield JSONFrame(result, usage=estimate.usage(), estimated=True)
         finally:
             await response.aclose()  # also when cancelled: the provider sees the disconnect
 
@@ -198,10 +250,13 @@ class UpstreamClient:
         our_id: str,
         model: dict[str, Any],
         client_wants_usage: bool,
+        estimate: Estimate,
     ) -> AsyncIterator[Frame]:
-        """Each SSE event as it arrives; the first must come within the timeout."""
+        """Each SSE event as it arrives; the first must come within the timeout. A stream
+        that ends without a usage chunk ends with the ``estimate``."""
         lines = response.aiter_lines()
         first = True
+        reported: Usage = {}
         while True:
             try:
                 if first:
@@ -209,6 +264,8 @@ class UpstreamClient:
                 else:
                     line = await anext(lines)
             except StopAsyncIteration:
+                if not first:
+                    yield _usage(reported, estimate)
                 return
             except TimeoutError:
                 yield self._timeout(model)
@@ -220,6 +277,7 @@ class UpstreamClient:
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
+                yield _usage(reported, estimate)
                 return
             first = False
             event = json.loads(data)
@@ -229,10 +287,16 @@ class UpstreamClient:
                 return
             usage_chunk = not event.get("choices") and event.get("usage")
             event["model"] = our_id
+            estimate.add(event.get("choices"))
+            if event.get("usage"):  # its own chunk, or (some providers) on the last one
+                reported = token_usage(event["usage"])
             if client_wants_usage or not usage_chunk:
                 yield ChunkFrame(json.dumps(event, separators=(",", ":")))
-            if usage_chunk:
-                yield UsageFrame(token_usage(event["usage"]))
+
+
+def _usage(reported: Usage, estimate: Estimate) -> UsageFrame:
+    """What the provider said the stream used, else the estimate."""
+    return UsageFrame(reported) if reported else UsageFrame(estimate.usage(), estimated=True)
 
 
 def _retry_after(response: httpx.Response) -> float | None:

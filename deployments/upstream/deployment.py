@@ -5,7 +5,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from deployments.common.contracts import Frame
-from deployments.upstream.client import UpstreamClient
+from deployments.common.usage import Account, metered
+from deployments.upstream.client import Estimate, UpstreamClient
 
 logger = logging.getLogger("ray.serve.deployments.upstream")
 
@@ -20,12 +21,19 @@ class UpstreamDeployment:
         logger.info("upstream %s ready: %s", provider, sorted(models))
 
     async def generate(
-        self, endpoint: str, body: dict[str, Any], request_id: str
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        account: Account | None = None,
     ) -> AsyncIterator[Frame]:
         """Run a chat (``endpoint="chat"``) or completions request at the provider; yields
         frames as the LLM deployment does (first frame: error, JSON body or first chunk).
-        Cancelling the call closes the upstream request."""
-        async for frame in self.client.generate(endpoint, body, request_id):
+        Cancelling the call closes the upstream request, and charges ``account`` an estimate
+        of what was done (the provider's usage never came)."""
+        estimate = Estimate(body)
+        frames = self.client.generate(endpoint, body, request_id, estimate)
+        async for frame in metered(frames, account, body["model"], estimate.used, True):
             yield frame
 
     async def ready(self) -> str:

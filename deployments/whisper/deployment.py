@@ -24,6 +24,7 @@ from typing import Any
 from ray.serve import metrics
 
 from deployments.common.contracts import DecodedAudio, ErrorFrame, Frame, UsageFrame
+from deployments.common.usage import Account, metered
 from deployments.whisper import formats
 
 logger = logging.getLogger("ray.serve.deployments.whisper")
@@ -174,7 +175,10 @@ class WhisperDeployment:
         return None
 
     async def transcribe(
-        self, audio: DecodedAudio | ErrorFrame, params: dict[str, Any]
+        self,
+        audio: DecodedAudio | ErrorFrame,
+        params: dict[str, Any],
+        account: Account | None = None,
     ) -> AsyncIterator[Frame]:
         """Transcribe (``task="transcribe"``) or translate ``audio``; yields frames.
 
@@ -184,7 +188,8 @@ class WhisperDeployment:
         final ``transcript.text.done`` carrying the full text. A request's 30-second windows
         decode one after another (each in a batch with other requests' windows), so a
         cancelled call stops between windows. ``params["request_id"]`` (the ingress's request
-        id, optional) names the request in ``stats()["requests"]``.
+        id, optional) names the request in ``stats()["requests"]``. A call cut short charges
+        the seconds of its windows decoded so far to ``account``.
         """
         refusal = self._refuse(params) if not isinstance(audio, ErrorFrame) else audio
         if refusal is not None:
@@ -193,8 +198,14 @@ class WhisperDeployment:
         self.active += 1
         self.in_progress.set(self.active)
         started = time.monotonic()
+        decoded = [0.0]  # how far into the audio its windows have been decoded
+
+        def used() -> dict[str, float]:
+            return formats.audio_usage(min(decoded[0], audio.duration_s))
+
         try:
-            async for frame in self._transcribe(audio, params):
+            frames = self._transcribe(audio, params, decoded)
+            async for frame in metered(frames, account, self.model_id, used):
                 yield frame
             if audio.duration_s > 0:
                 self.realtime_factor.observe((time.monotonic() - started) / audio.duration_s)
@@ -211,7 +222,7 @@ class WhisperDeployment:
         self.batch_size.observe(size)
 
     async def _transcribe(
-        self, audio: DecodedAudio, params: dict[str, Any]
+        self, audio: DecodedAudio, params: dict[str, Any], decoded: list[float]
     ) -> AsyncIterator[Frame]:
         loop = asyncio.get_running_loop()
         batcher, request_id = self.batcher, params.get("request_id")
@@ -222,7 +233,11 @@ class WhisperDeployment:
             """In this request's thread: wait for the batcher to decode ``windows``."""
 
             async def decode_all() -> list[Any]:
-                return list(await asyncio.gather(*(batcher.submit(w, request_id) for w in windows)))
+                results = await asyncio.gather(*(batcher.submit(w, request_id) for w in windows))
+                # Counted here, in the loop, at once: a cancel may come before the thread wakes.
+                reached = max(window.offset_s + window.duration_s for window in windows)
+                decoded[0] = max(decoded[0], reached)  # windows overlap (faster-whisper's seek)
+                return list(results)
 
             if cancelled.is_set():
                 raise concurrent.futures.CancelledError

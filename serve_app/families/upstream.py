@@ -130,6 +130,7 @@ FAMILY = register(
         model_type="llm",
         noun="a remote model",
         local_weights=False,
+        meters_aborts=True,
         backend_body=backend_body,
         group=group,
         bind=bind,

@@ -56,10 +56,11 @@ async def _speech(task: str, request: Request, key: APIKey | None) -> Response:
     if len(data) > limits.max_upload_bytes:
         raise too_large(limits.max_upload_bytes, len(data))
     payload = {**params.to_backend(), "request_id": record.request_id}
+    account = request.app.state.rate_limits.account(record)
 
     def call():
         decoded = models.preprocessor.decode.remote(data)
-        return model.handle.options(stream=True).transcribe.remote(decoded, payload)
+        return model.handle.options(stream=True).transcribe.remote(decoded, payload, account)
 
     return await run_backend(
         request, model, record, params.stream, call, through=(models.preprocessor,)

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from deployments.common.contracts import ErrorFrame, Frame
 from deployments.common.errors import describe_validation_errors
+from deployments.common.tasks import detached
 from serve_app.auth import APIKey, require
 from serve_app.bridge import ResponseBuilder, base_response, chain_frames, response_events
 from serve_app.dispatch import cancel_call, open_call, rest_frames
@@ -260,7 +261,7 @@ async def _events(
     finally:
         if not builder.ended:  # the client went away: keep what was made, as cancelled
             builder.cancel()
-            task = asyncio.ensure_future(save())
+            task = detached(save())  # Serve cancels the calls of the cancelled request
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 

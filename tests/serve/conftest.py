@@ -59,6 +59,13 @@ keys:
     secret: cut-by-a-crash-secret
   - name: waiter
     secret: waiter-secret
+  - name: soaker
+    secret: soaker-secret
+  - name: listener
+    secret: listener-secret
+  - name: spender
+    secret: spender-secret
+    limits: {{tokens_per_day: 40}}
 """
 # What the session's app changes from the shipped config, so that limits are reachable:
 # two ingress replicas (rate limits must hold across them), small LLM queues, a request

@@ -11,7 +11,7 @@ import psutil
 from ray import serve
 
 from serve_app.dispatch import _running_replicas
-from tests.serve.conftest import RAY_TEMP_DIR, deploy, session_config
+from tests.serve.conftest import RAY_TEMP_DIR, deploy, model_handle, session_config
 from tests.waiting import wait_until
 
 MODEL = "smollm2-135m-instruct"
@@ -118,3 +118,11 @@ def replica_logs(deployment: str) -> dict[str, list[str]]:
         path.name: path.read_text().splitlines()
         for path in logs.glob(f"replica_{deployment}_{deployment}_*.log")
     }
+
+
+def wait_engine_idle(deadline_s: float = 10) -> None:
+    """Wait until the LLM's engine has no request left (an aborted one is let go)."""
+    llm = model_handle(LLM_DEPLOYMENT)
+    wait_until(
+        lambda: llm.num_unfinished_requests.remote().result() == 0, deadline_s, "engine idle"
+    )

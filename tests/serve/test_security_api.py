@@ -14,6 +14,8 @@ from ray import serve
 
 from tests.audio_files import SPEECH_EN
 from tests.serve.conftest import RPM_LIMIT, model_handle
+from tests.serve.replicas import wait_engine_idle
+from tests.serve.test_usage_api import heard
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
@@ -24,17 +26,6 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 
 def key_client(base_url: str, secret: str) -> OpenAI:
     return OpenAI(base_url=f"{base_url}/v1", api_key=secret, max_retries=0, timeout=60)
-
-
-def llm_handle():
-    return model_handle(f"llm-{MODEL}")
-
-
-def wait_engine_idle(deadline_s: float = 10) -> None:
-    end = time.monotonic() + deadline_s
-    while llm_handle().num_unfinished_requests.remote().result() != 0:
-        assert time.monotonic() < end, "engine still busy"
-        time.sleep(0.1)
 
 
 def test_endpoint_and_model_scopes(base_url: str):
@@ -146,7 +137,7 @@ def test_whisper_stops_between_windows_when_the_client_leaves(base_url: str, htt
     """Ten minutes of speech (20 windows and more); the client leaves once the first window
     is decoded: at most three more windows are decoded after that (the one under way, and
     those queued while the disconnect travels to the replica), then nothing (no request left
-    on the replica)."""
+    on the replica). It is charged the audio its windows had reached."""
     from bench.speech_bench import minute_clip
 
     whisper = model_handle("whisper-whisper-base")
@@ -154,12 +145,14 @@ def test_whisper_stops_between_windows_when_the_client_leaves(base_url: str, htt
     def windows() -> int:
         return whisper.stats.remote().result()["windows_decoded"]
 
+    since = int(time.time()) - 60
     before = windows()
     request = http.build_request(
         "POST",
         "/v1/audio/transcriptions",
         files={"file": ("long.wav", minute_clip(600))},
         data={"model": "whisper-base"},
+        headers={"Authorization": "Bearer listener-secret"},
     )
     head = f"POST {request.url.raw_path.decode()} HTTP/1.1\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in request.headers.items())
@@ -177,3 +170,7 @@ def test_whisper_stops_between_windows_when_the_client_leaves(base_url: str, htt
     )
     assert stats["windows_decoded"] - left_at <= 3, (before, left_at, stats)
     assert stats["windows_decoded"] - before < 20  # it stopped part-way
+    charged = wait_until(lambda: heard(base_url, "listener", since)["requests"], 30, "a charge")
+    assert charged == 1
+    seconds = heard(base_url, "listener", since)["seconds"]
+    assert 30 <= seconds <= 30 * (stats["windows_decoded"] - before)

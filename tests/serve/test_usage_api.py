@@ -11,8 +11,8 @@ from openai import OpenAI
 
 from tests.audio_files import SPEECH_EN
 from tests.serve.conftest import API_KEY
+from tests.serve.replicas import wait_engine_idle
 from tests.serve.test_metrics_api import scrape, total
-from tests.serve.test_security_api import wait_engine_idle
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
@@ -39,6 +39,19 @@ def engine_counts(url: str) -> tuple[float, float]:
     )
 
 
+def quiet_engine_counts(url: str) -> tuple[float, float]:
+    """``engine_counts`` once they have stayed the same over more than a metrics export
+    interval (Ray's is 10 s), so that no earlier request's tokens are still on their way."""
+    last = None
+
+    def quiet():
+        nonlocal last
+        counts, last = last, engine_counts(url)
+        return counts == last and last
+
+    return wait_until(quiet, 90, "vLLM's token counters to settle", interval_s=11)
+
+
 def ledger(base_url: str, key: str, since: int) -> dict:
     """The ledger's completions usage of ``key`` since ``since``, one bucket."""
     reader = OpenAI(base_url=f"{base_url}/v1", api_key="-", admin_api_key="usage-reader-secret")
@@ -50,6 +63,19 @@ def ledger(base_url: str, key: str, since: int) -> dict:
         "requests": sum(r.num_model_requests for r in results),
         "input": sum(r.input_tokens for r in results),
         "output": sum(r.output_tokens for r in results),
+    }
+
+
+def heard(base_url: str, key: str, since: int) -> dict:
+    """The ledger's audio usage of ``key`` since ``since``."""
+    reader = OpenAI(base_url=f"{base_url}/v1", api_key="-", admin_api_key="usage-reader-secret")
+    page = reader.admin.organization.usage.audio_transcriptions(
+        start_time=since, bucket_width="1d", group_by=["api_key_id"], api_key_ids=[key]
+    )
+    results = [r for bucket in page.data for r in bucket.results]
+    return {
+        "requests": sum(r.num_model_requests for r in results),
+        "seconds": sum(r.seconds for r in results),
     }
 
 
@@ -72,9 +98,7 @@ def charged_as_the_engine_counted(base_url: str, metrics_url: str, key: str, cut
     frame; it returns how many); their charges in the ledger, once those equal what vLLM's
     own counters added meanwhile."""
     since = int(time.time()) - 60
-    prompt_before, generated_before = wait_until(
-        lambda: engine_counts(metrics_url), 30, "vLLM's token counters"
-    )
+    prompt_before, generated_before = quiet_engine_counts(metrics_url)
     made = cut_short()
 
     def settled():

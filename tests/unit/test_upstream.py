@@ -10,7 +10,10 @@ import httpx
 import pytest
 
 from deployments.common.contracts import ChunkFrame, ErrorFrame, JSONFrame, UsageFrame
+from deployments.common.usage import Account
 from deployments.upstream.client import UpstreamClient
+from deployments.upstream.deployment import UpstreamDeployment
+from tests.unit.test_abort_charges import charged  # noqa: F401 - a fixture
 
 SECRET = "sk-very-secret-0123456789"
 MODELS = {"gpt-4o-mini": {"upstream_model": "real-model", "timeout_s": 0.5, "max_retries": 2}}
@@ -262,3 +265,49 @@ def test_a_stream_whose_first_event_never_comes_is_504_timeout():
     upstream = client(lambda r: httpx.Response(200, stream=StalledBody()))
     (frame,) = run(frames(upstream, {**CHAT, "stream": True}))
     assert frame.status == 504 and frame.code == "timeout"
+
+
+def test_a_provider_that_sends_no_usage_is_charged_an_estimate():
+    """4 characters a token, of the text read and written, marked as an estimate."""
+    prompt = {**CHAT, "messages": [{"role": "user", "content": "What is France's capital?"}]}
+    unary = {k: v for k, v in ANSWER.items() if k != "usage"}
+    (frame,) = run(frames(client(lambda r: httpx.Response(200, json=unary)), prompt))
+    assert frame.estimated and frame.usage == {"prompt_tokens": 7, "completion_tokens": 2}
+    streamed = sse(CHUNK, CHUNK, CHUNK, CHUNK, CHUNK, "[DONE]")
+    got = run(
+        frames(client(lambda r: httpx.Response(200, content=streamed)), {**prompt, "stream": True})
+    )
+    assert got[-1] == UsageFrame({"prompt_tokens": 7, "completion_tokens": 2}, estimated=True)
+
+
+def test_usage_on_the_last_content_chunk_is_the_providers():
+    last = json.dumps(
+        {
+            "choices": [{"index": 0, "delta": {"content": "P"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+        }
+    )
+    got = run(
+        frames(
+            client(lambda r: httpx.Response(200, content=sse(CHUNK, last, "[DONE]"))),
+            {**CHAT, "stream": True},
+        )
+    )
+    assert got[-1] == UsageFrame({"prompt_tokens": 9, "completion_tokens": 3})
+
+
+def test_a_call_cut_short_charges_an_estimate_of_what_was_said(charged):  # noqa: F811
+    deployment = object.__new__(UpstreamDeployment)
+    deployment.client = client(lambda r: httpx.Response(200, stream=BreakingStream()))
+    account = Account("k", "completions", "/v1/chat/completions", ("l", "a"), request_id="rid")
+
+    async def scenario():
+        generator = deployment.generate("chat", {**CHAT, "stream": True}, "rid", account)
+        await anext(generator)
+        await generator.aclose()  # the client went away
+        await asyncio.sleep(0.01)  # the charge goes from a task of its own
+
+    run(scenario())
+    (charge,) = charged
+    assert charge.estimated and charge.ended == "cancelled" and charge.id == "rid/cut"
+    assert (charge.model, charge.input_tokens, charge.output_tokens) == ("gpt-4o-mini", 1, 1)

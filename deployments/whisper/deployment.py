@@ -45,7 +45,8 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.wait_s = wait_s  # an idle model waits this long for a batch to fill
         self.on_batch = on_batch
-        self.queue: list[tuple[Any, asyncio.Future, str | None]] = []  # window, result, request
+        # window, result, request, called with the window when its decode starts
+        self.queue: list[tuple[Any, asyncio.Future, str | None, Any]] = []
         # Per request id, the last ``remembered`` requests to have a window decoded:
         # {"windows": handed to the model, "shared": of them, in a call that also held
         # windows of another request}.
@@ -58,12 +59,13 @@ class Batcher:
         self.worker: asyncio.Task | None = None
         self.busy = False
 
-    async def submit(self, window: Any, request: str | None = None) -> Any:
+    async def submit(self, window: Any, request: str | None = None, started: Any = None) -> Any:
         """Decode ``window`` (of the request with id ``request``: counted in ``requests``;
         ``None``: of a request of its own, not counted) in the next batch; cancelling drops
-        it if not started."""
+        it if not started. ``started(window)`` is called when its model call starts (it is
+        decoded then, whether its caller waits for it or not)."""
         future = asyncio.get_running_loop().create_future()
-        self.queue.append((window, future, request))
+        self.queue.append((window, future, request, started))
         self.arrived.set()
         if self.worker is None:
             self.worker = asyncio.create_task(self._work())
@@ -81,10 +83,13 @@ class Batcher:
                 del self.queue[: self.max_batch_size]
                 if not batch:
                     continue
-                windows = [window for window, _, _ in batch]
-                self._count([request for _, _, request in batch])
+                windows = [window for window, _, _, _ in batch]
+                self._count([request for _, _, request, _ in batch])
                 if self.on_batch:
                     self.on_batch(windows)
+                for window, _, _, started in batch:
+                    if started:
+                        started(window)
                 self.busy = True
                 try:
                     results = await loop.run_in_executor(self.model_thread, self.run, windows)
@@ -92,7 +97,7 @@ class Batcher:
                     results = [exc] * len(batch)
                 finally:
                     self.busy = False
-                for (_, future, _), result in zip(batch, results, strict=True):
+                for (_, future, _, _), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
                     if isinstance(result, Exception):
@@ -198,7 +203,7 @@ class WhisperDeployment:
         self.active += 1
         self.in_progress.set(self.active)
         started = time.monotonic()
-        decoded = [0.0]  # how far into the audio its windows have been decoded
+        decoded = [0.0]  # how far into the audio its decoded windows reach
 
         def used() -> dict[str, float]:
             return formats.audio_usage(min(decoded[0], audio.duration_s))
@@ -233,11 +238,8 @@ class WhisperDeployment:
             """In this request's thread: wait for the batcher to decode ``windows``."""
 
             async def decode_all() -> list[Any]:
-                results = await asyncio.gather(*(batcher.submit(w, request_id) for w in windows))
-                # Counted here, in the loop, at once: a cancel may come before the thread wakes.
-                reached = max(window.offset_s + window.duration_s for window in windows)
-                decoded[0] = max(decoded[0], reached)  # windows overlap (faster-whisper's seek)
-                return list(results)
+                calls = (batcher.submit(w, request_id, reached) for w in windows)
+                return list(await asyncio.gather(*calls))
 
             if cancelled.is_set():
                 raise concurrent.futures.CancelledError
@@ -249,6 +251,11 @@ class WhisperDeployment:
                 return future.result()
             finally:
                 pending.discard(future)
+
+        def reached(window: Any) -> None:
+            """A window's decode started: charged, should the call be cut short (windows
+            overlap: faster-whisper's seek)."""
+            decoded[0] = max(decoded[0], window.offset_s + window.duration_s)
 
         granularities = params.get("timestamp_granularities") or []
         try:

@@ -70,6 +70,25 @@ def test_a_cancelled_window_is_dropped_before_the_model_sees_it():
     assert (first, kept) == ("decoded a", "decoded kept")
 
 
+def test_a_window_is_reported_started_when_its_model_call_starts_cancelled_or_not():
+    """What a request cut short is charged: the windows whose decode had started."""
+
+    async def scenario():
+        model, started = Model(), []
+        batcher = Batcher(model, max_batch_size=8, wait_s=0)
+        running = asyncio.create_task(batcher.submit("a", "r", started.append))
+        await until(lambda: model.calls)
+        queued = asyncio.create_task(batcher.submit("b", "r", started.append))
+        await asyncio.sleep(0.01)
+        running.cancel()  # the request went away: "a" is decoded all the same
+        queued.cancel()  # dropped before its call: not started
+        model.release.set()
+        await asyncio.sleep(0.05)
+        return started
+
+    assert asyncio.run(scenario()) == ["a"]
+
+
 def test_a_model_error_reaches_every_window_of_the_batch_and_the_batcher_goes_on():
     async def scenario():
         model = Model(fail=True)

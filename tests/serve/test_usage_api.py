@@ -52,13 +52,18 @@ def quiet_engine_counts(url: str) -> tuple[float, float]:
     return wait_until(quiet, 90, "vLLM's token counters to settle", interval_s=11)
 
 
-def ledger(base_url: str, key: str, since: int) -> dict:
-    """The ledger's completions usage of ``key`` since ``since``, one bucket."""
+def usage_of(base_url: str, kind: str, key: str, since: int) -> list:
+    """The Usage API's results of ``kind`` for ``key`` since ``since``, by day."""
     reader = OpenAI(base_url=f"{base_url}/v1", api_key="-", admin_api_key="usage-reader-secret")
-    page = reader.admin.organization.usage.completions(
+    page = getattr(reader.admin.organization.usage, kind)(
         start_time=since, bucket_width="1d", group_by=["api_key_id"], api_key_ids=[key]
     )
-    results = [r for bucket in page.data for r in bucket.results]
+    return [r for bucket in page.data for r in bucket.results]
+
+
+def ledger(base_url: str, key: str, since: int) -> dict:
+    """The ledger's completions usage of ``key`` since ``since``."""
+    results = usage_of(base_url, "completions", key, since)
     return {
         "requests": sum(r.num_model_requests for r in results),
         "input": sum(r.input_tokens for r in results),
@@ -68,11 +73,7 @@ def ledger(base_url: str, key: str, since: int) -> dict:
 
 def heard(base_url: str, key: str, since: int) -> dict:
     """The ledger's audio usage of ``key`` since ``since``."""
-    reader = OpenAI(base_url=f"{base_url}/v1", api_key="-", admin_api_key="usage-reader-secret")
-    page = reader.admin.organization.usage.audio_transcriptions(
-        start_time=since, bucket_width="1d", group_by=["api_key_id"], api_key_ids=[key]
-    )
-    results = [r for bucket in page.data for r in bucket.results]
+    results = usage_of(base_url, "audio_transcriptions", key, since)
     return {
         "requests": sum(r.num_model_requests for r in results),
         "seconds": sum(r.seconds for r in results),

@@ -12,13 +12,11 @@ from ray.exceptions import ActorDiedError
 from deployments.common import usage as usage_module
 from deployments.common.contracts import Charge, ChunkFrame, UsageFrame
 from deployments.common.usage import Account, deliver, metered
-from serve_app import ratelimit
 from serve_app.channels import ChannelLost
-from serve_app.store.sql import SQLStore
 from tests.unit.fakes import FakeHandle, local_limiter
 from tests.unit.stores import run
 from tests.unit.test_ingress import CHAT, make_client, sse_lines
-from tests.unit.test_security import OK, bearer, scoped
+from tests.unit.test_security import OK, bearer, ledger_down, scoped
 
 ACCOUNT = Account(key="k", kind="completions", route="/v1/chat/completions", limiter=("l", "a"))
 COUNTS = {"prompt_tokens": 7.0, "completion_tokens": 3.0}
@@ -134,16 +132,7 @@ def test_a_charge_is_delivered_through_a_limiter_that_died(monkeypatch):
 def test_a_response_whose_charge_the_ledger_did_not_take_says_so(tmp_path, monkeypatch):
     """The store refuses: the limiter keeps the charges (written once the store is back), and
     the responses are not passed off as recorded."""
-    monkeypatch.setattr(ratelimit, "RETRY_S", 0.05)
-    failing = [True]
-    add_usage = SQLStore.add_usage
-
-    async def flaky(self, charges):
-        if failing[0]:
-            raise ConnectionError("store down")
-        return await add_usage(self, charges)
-
-    monkeypatch.setattr(SQLStore, "add_usage", flaky)
+    failing = ledger_down(monkeypatch)
     limiter = local_limiter(tmp_path)
     stream = [ChunkFrame('{"a":1}'), UsageFrame({"prompt_tokens": 4, "completion_tokens": 2})]
     headers = bearer("s3cret")

@@ -157,10 +157,10 @@ def test_counters_come_back_from_the_ledger_after_a_restart(tmp_path):
     assert run(again.admit("k", {"tokens_per_month": 111}, ("tokens",))) is None
 
 
-def test_a_charge_the_store_refuses_is_kept_counted_and_written_later(tmp_path, monkeypatch):
+def ledger_down(monkeypatch) -> list[bool]:
+    """The store refuses ledger writes while ``[0]`` of the returned list is True; the
+    limiter tries again every 50 ms."""
     monkeypatch.setattr(ratelimit, "RETRY_S", 0.05)
-    store = ResponseStore({"path": str(tmp_path / "ledger.sqlite3")})
-    limiter = RateLimiter(LocalHandle(store))
     failing = [True]
     add_usage = SQLStore.add_usage
 
@@ -170,6 +170,13 @@ def test_a_charge_the_store_refuses_is_kept_counted_and_written_later(tmp_path, 
         return await add_usage(self, charges)
 
     monkeypatch.setattr(SQLStore, "add_usage", flaky)
+    return failing
+
+
+def test_a_charge_the_store_refuses_is_kept_counted_and_written_later(tmp_path, monkeypatch):
+    failing = ledger_down(monkeypatch)
+    store = ResponseStore({"path": str(tmp_path / "ledger.sqlite3")})
+    limiter = RateLimiter(LocalHandle(store))
 
     async def scenario():
         assert await limiter.charge([charge("k", input_tokens=7)]) is False

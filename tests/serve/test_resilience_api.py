@@ -38,8 +38,14 @@ def test_llm_replica_killed_under_load_recovers(http: httpx.Client, base_url: st
     them): the prompt as vLLM counted it, a token per chunk the client got."""
     since = int(time.time()) - 60
     (pid,) = replica_pids(LLM_DEPLOYMENT)
-    cores = engine_cores(pid)
-    assert len(cores) == 1, "the replica runs its engine core in a child process"
+    # The replica runs its engine core in a child process (once CI found none at first).
+    try:
+        cores = wait_until(lambda: engine_cores(pid), 30, f"replica {pid}'s engine core")
+    except AssertionError as exc:  # say what the replica's children are
+        tree = [(p.pid, p.cmdline()) for p in psutil.Process(pid).children(recursive=True)]
+        exc.args = (f"{exc}; children: {tree}",)
+        raise
+    assert len(cores) == 1, cores
     llm = model_handle(LLM_DEPLOYMENT)
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         started = [threading.Event() for _ in range(3)]

@@ -194,7 +194,7 @@ class WhisperDeployment:
         decode one after another (each in a batch with other requests' windows), so a
         cancelled call stops between windows. ``params["request_id"]`` (the ingress's request
         id, optional) names the request in ``stats()["requests"]``. A call cut short charges
-        the seconds of its windows decoded so far to ``account``.
+        ``account`` the audio up to the end of its last window whose decode had started.
         """
         refusal = self._refuse(params) if not isinstance(audio, ErrorFrame) else audio
         if refusal is not None:

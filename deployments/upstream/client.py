@@ -50,7 +50,7 @@ class Estimate:
     CHARS_PER_TOKEN = 4
 
     def __init__(self, body: dict[str, Any]) -> None:
-        self.prompt_chars = _text_chars(body.get("messages", body.get("prompt", body.get("input"))))
+        self.body = body  # its prompt is read only if the estimate is charged
         self.output_chars = 0
 
     def add(self, choices: Any) -> None:
@@ -61,8 +61,10 @@ class Estimate:
         return self.usage() if self.output_chars else {}
 
     def usage(self) -> Usage:
+        body = self.body
+        prompt_chars = _text_chars(body.get("messages", body.get("prompt", body.get("input"))))
         return {
-            "prompt_tokens": float(math.ceil(self.prompt_chars / self.CHARS_PER_TOKEN)),
+            "prompt_tokens": float(math.ceil(prompt_chars / self.CHARS_PER_TOKEN)),
             "completion_tokens": float(math.ceil(self.output_chars / self.CHARS_PER_TOKEN)),
         }
 

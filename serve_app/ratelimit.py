@@ -17,6 +17,17 @@ transaction. A charge the store does not take is kept and written again every
 counters come back from the ledger before anything is admitted, so a restart, a redeploy or a
 ``kill -9`` of this replica forgets no budget. The token and audio counters of Prometheus
 are counted here too, from the same charges, so the ledger and the metrics agree.
+
+Leases spare most requests the round trip of ``admit``. With an admission the limiter grants
+the asking ingress replica a lease on the key: up to ``LEASE_MAX`` more requests, for
+``LEASE_S``, with a share (``1/LEASE_SHARE``) of what is left of each minute, day and month
+budget. The ingress admits those requests itself while the usage it charges for the key stays
+within the lease's share. The leased requests count in the key's minute at once (the unused
+ones are given back with the next ask), and the budget shares of the leases out are kept
+from later leases. So a lease admits nothing the limiter would refuse, save what other
+ingress replicas or model replicas (work cut short) charge for the key while it runs: at
+most ``LEASE_S`` of it. A key close to its requests per minute (less than ``LEASE_SHARE``
+left) gets no lease: every request asks.
 """
 
 import asyncio
@@ -24,7 +35,9 @@ import dataclasses
 import logging
 import math
 import time
+import uuid
 from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,12 +47,16 @@ from serve_app.auth import APIKey
 from serve_app.errors import APIError
 from serve_app.log import LOGGER
 from serve_app.metrics import UsageMetrics
+from serve_app.pipeline import CLIENT_CLOSED
 from serve_app.store import HandleStore
 
 logger = logging.getLogger(LOGGER)
 
 WINDOW_S = 60.0
 RETRY_S = 1.0  # charges the store refused are written again this often
+LEASE_S = 2.0  # an admission's lease: the ingress admits the key's next requests this long,
+LEASE_MAX = 32  # at most this many,
+LEASE_SHARE = 4  # with at most this fraction (1/n) of what is left of each limit
 # Budget kind -> the limits that spend it, by period.
 BUDGETS = {
     "tokens": {
@@ -61,16 +78,25 @@ class _Window:
     __slots__ = ("events", "total")
 
     def __init__(self) -> None:
-        self.events: deque[tuple[float, float]] = deque()
+        self.events: deque[list[float]] = deque()  # [time, amount]
         self.total = 0.0
 
     def expire(self, now: float) -> None:
         while self.events and self.events[0][0] <= now - WINDOW_S:
             self.total -= self.events.popleft()[1]
 
-    def add(self, now: float, amount: float) -> None:
-        self.events.append((now, amount))
+    def add(self, now: float, amount: float) -> list[float]:
+        event = [now, amount]
+        self.events.append(event)
         self.total += amount
+        return event
+
+    def give_back(self, event: list[float], amount: float, now: float) -> None:
+        """Take up to ``amount`` off ``event``, if it is still in the window."""
+        if event[0] > now - WINDOW_S:
+            amount = min(amount, event[1])
+            event[1] -= amount
+            self.total -= amount
 
     def retry_after(self, now: float, limit: float) -> float:
         """Seconds until the total drops below ``limit``."""
@@ -113,6 +139,24 @@ def amounts(charge: Charge) -> dict[str, float]:
     return {"tokens": float(charge.tokens), "audio": charge.audio_seconds}
 
 
+@dataclass(slots=True)
+class Lease:
+    """What an ingress replica may admit for a key by itself (see the module's docstring)."""
+
+    requests: int
+    headroom: dict[str, float]  # budget kind -> usage it may charge meanwhile (absent: any)
+    seconds: float
+
+
+@dataclass(slots=True)
+class _Grant:
+    """A lease out, as the limiter keeps it."""
+
+    expires: float
+    requests: list[float]  # its event in the key's minute of requests
+    headroom: dict[str, float]
+
+
 class RateLimiter:
     """Every key's counters, and the ledger's writer. Deploy with exactly one replica."""
 
@@ -122,6 +166,7 @@ class RateLimiter:
         self.metrics = UsageMetrics()
         self._windows: dict[tuple[str, str], _Window] = {}
         self._periods: dict[tuple[str, str, str], _Period] = {}
+        self._grants: dict[str, dict[str, _Grant]] = {}  # key -> holder -> its lease
         self._restored: asyncio.Task | None = None
         self._pending: list[tuple[list[Charge], asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
@@ -164,16 +209,26 @@ class RateLimiter:
         return found
 
     async def admit(
-        self, key: str, limits: dict[str, Any], kinds: tuple[str, ...] = ()
-    ) -> tuple[float, str] | None:
-        """Count one request; None if admitted, else ``(seconds to wait, error code)``.
+        self,
+        key: str,
+        limits: dict[str, Any],
+        kinds: tuple[str, ...] = (),
+        holder: str = "",
+        unused: int = 0,
+    ) -> Lease | tuple[float, str] | None:
+        """Count one request: admitted (None, or a ``Lease`` for ``holder``, an ingress
+        replica), else ``(seconds to wait, error code)``.
 
         ``kinds`` (``tokens``, ``audio``) name the usage budgets that also need room. A spent
         day or month budget is ``insufficient_quota`` (until the period ends); a full minute
-        ``rate_limit_exceeded``.
+        ``rate_limit_exceeded``. ``unused``: the requests ``holder``'s last lease on ``key``
+        did not admit (given back).
         """
         await self._restore()
         now = self.clock()
+        grant = self._grants.get(key, {}).pop(holder, None)
+        if grant is not None and unused > 0:
+            self._window(key, "requests", now).give_back(grant.requests, unused, now)
         for kind in kinds:
             for period in ("month", "day"):
                 budget = limits.get(BUDGETS[kind][period])
@@ -194,7 +249,40 @@ class RateLimiter:
         if waits:
             return max(waits), "rate_limit_exceeded"
         requests.add(now, 1)
-        return None
+        return self._lease(key, limits, holder, now) if holder else None
+
+    def _lease(self, key: str, limits: dict[str, Any], holder: str, now: float) -> Lease | None:
+        """A lease for ``holder`` on ``key``, if the key is far enough from every limit."""
+        grants = self._grants.setdefault(key, {})
+        for other, grant in list(grants.items()):
+            if grant.expires <= now:
+                del grants[other]
+        headroom = {}
+        for kind, names in BUDGETS.items():
+            left = math.inf
+            for period, name in names.items():
+                budget = limits.get(name)
+                if budget is not None:
+                    used = (
+                        self._window(key, kind, now).total
+                        if period == "minute"
+                        else self._period(key, kind, period, now).total
+                    )
+                    left = min(left, budget - used)
+            if left < math.inf:
+                left -= sum(grant.headroom.get(kind, 0.0) for grant in grants.values())
+                if left <= 0:
+                    return None
+                headroom[kind] = left / LEASE_SHARE
+        count = LEASE_MAX
+        rpm = limits.get("requests_per_minute")
+        if rpm is not None:
+            count = min(count, int(rpm - self._window(key, "requests", now).total) // LEASE_SHARE)
+        if count <= 0:
+            return None
+        event = self._window(key, "requests", now).add(now, count)
+        grants[holder] = _Grant(now + LEASE_S, event, headroom)
+        return Lease(count, headroom, LEASE_S)
 
     async def charge(self, charges: list[Charge]) -> bool:
         """Charge usage to its keys' budgets and write it to the ledger; True once committed
@@ -245,19 +333,57 @@ class RateLimiter:
         """Healthy while the ledger's charges get written (a backlog is retried)."""
 
 
+class _Held:
+    """A lease an ingress replica holds on a key."""
+
+    __slots__ = ("expires", "headroom", "limits", "requests")
+
+    def __init__(self, lease: Lease, limits: dict[str, Any], asked: float) -> None:
+        self.requests, self.headroom, self.limits = lease.requests, lease.headroom, limits
+        self.expires = asked + lease.seconds
+
+    def take(self, limits: dict[str, Any], kinds: tuple[str, ...]) -> bool:
+        """Admit one request under the lease, if it still covers it."""
+        if self.requests <= 0 or limits != self.limits or time.monotonic() >= self.expires:
+            return False
+        if any(self.headroom.get(kind, 1.0) <= 0 for kind in kinds):
+            return False
+        self.requests -= 1
+        return True
+
+
 class RateLimits:
     """The ingress side: admit requests and charge usage through the limiter's handle."""
 
     def __init__(self, handle: Any) -> None:
         self.handle = handle
+        self.holder = uuid.uuid4().hex  # this replica, to the limiter's leases
+        self._leases: dict[str, _Held] = {}  # key name -> the lease this replica holds
+        self._asking: dict[str, asyncio.Future] = {}  # key name -> the limiter's answer to come
 
     async def admit(self, key: APIKey | None, kinds: tuple[str, ...] = ()) -> None:
         """429 when the key is over a limit: ``rate_limit_exceeded`` with ``Retry-After``,
-        or ``insufficient_quota`` when a day or month budget is spent."""
+        or ``insufficient_quota`` when a day or month budget is spent.
+
+        Under a lease on the key, admitted here; else the limiter is asked, by one request
+        of the key at a time (the others wait for its answer: a lease, likely)."""
         if key is None or not key.limits.any or self.handle is None:
             return
+        limits = key.limits.model_dump()
+        while True:
+            held = self._leases.get(key.name)
+            if held is not None and held.take(limits, kinds):
+                return
+            asking = self._asking.get(key.name)
+            if asking is None:
+                break
+            await asyncio.wait([asking])
+        self._leases.pop(key.name, None)
+        unused = held.requests if held is not None else 0
+        asked = time.monotonic()
+        answer = self._asking[key.name] = asyncio.get_running_loop().create_future()
         try:
-            refused = await self.handle.admit.remote(key.name, key.limits.model_dump(), kinds)
+            refused = await self.handle.admit.remote(key.name, limits, kinds, self.holder, unused)
         except Exception:
             logger.exception("rate limiter unavailable")
             raise APIError(
@@ -266,6 +392,12 @@ class RateLimits:
                 code="unavailable",
                 headers={"Retry-After": "1"},
             ) from None
+        finally:
+            del self._asking[key.name]
+            answer.set_result(None)
+        if isinstance(refused, Lease):
+            self._leases[key.name] = _Held(refused, limits, asked)
+            return
         if refused is None:
             return
         wait, code = refused
@@ -292,9 +424,19 @@ class RateLimits:
 
     def finished(self, record: Any) -> None:
         """Pipeline observer: charge a finished request's usage (the pipeline awaits the call
-        before the response ends: ``Finished.settling``)."""
+        before the response ends: ``Finished.settling``), and take it off the key's lease.
+        A request that may have been cut short (its replica charges it) ends the lease."""
         if self.handle is None:
             return
         charge = record.charge(self.handle)
         if charge is not None:
             record.settling.append(charging(self.handle, charge))
+        held = self._leases.get(record.key.name) if record.key is not None else None
+        if held is None:
+            return
+        if record.lost or record.status >= 500 or record.status == CLIENT_CLOSED:
+            del self._leases[record.key.name]
+        elif charge is not None:
+            for kind, amount in amounts(charge).items():
+                if kind in held.headroom:
+                    held.headroom[kind] -= amount

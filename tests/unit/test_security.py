@@ -363,3 +363,88 @@ def test_audio_seconds_per_minute_limit(tmp_path):
     assert transcribe().status_code == 200
     assert_envelope(transcribe(), 429, "rate_limit_exceeded")
     assert len(whisper.calls) == 1  # the refused request never reached a replica
+
+
+def test_a_lease_holds_a_share_of_what_is_left_and_gives_back_what_it_did_not_use(tmp_path):
+    now = [1_780_000_000.0]
+    limiter = RateLimiter(local_store(tmp_path), clock=lambda: now[0])
+    limits = {"requests_per_minute": 1000, "tokens_per_minute": 1000, "tokens_per_day": 400}
+
+    def admit(holder, unused=0, limits=limits):
+        return run(limiter.admit("k", limits, ("tokens",), holder, unused))
+
+    first = admit("a")  # 1 request counted; a quarter of the day's 400 tokens leased
+    assert (first.requests, first.headroom, first.seconds) == (32, {"tokens": 100.0}, 2.0)
+    assert limiter._window("k", "requests", now[0]).total == 1 + ratelimit.LEASE_MAX
+    second = admit("b")  # another ingress replica: a quarter of what the first left
+    assert second.headroom == {"tokens": 75.0}
+    again = admit("a", unused=30)  # a's lease ends: 30 of its requests given back
+    assert limiter._window("k", "requests", now[0]).total == 1 + 32 + 1 + 32 - 30 + 1 + 32
+    assert again.headroom == {"tokens": (400 - 75) / 4}
+    now[0] += ratelimit.LEASE_S  # leases out expire: their shares are free again
+    run(limiter.charge([charge("k", input_tokens=390)]))
+    assert admit("a").headroom == {"tokens": 2.5}  # a lease admits what asking would
+    run(limiter.charge([charge("k", input_tokens=10)]))
+    assert admit("a")[1] == "insufficient_quota"
+    close = {"requests_per_minute": 4}  # fewer than 4 requests left: no lease
+    assert run(limiter.admit("j", close, (), "a")) is None
+
+
+class CountingLimiter:
+    """A limiter's handle that counts the ``admit`` calls that reach it."""
+
+    def __init__(self, limiter):
+        self.limiter, self.asked = limiter, 0
+        self.deployment_name, self.app_name = "rate-limiter", "openai"
+
+    def __getattr__(self, name):
+        return getattr(self.limiter, name)
+
+    @property
+    def admit(self):
+        def remote(*args):
+            self.asked += 1
+            return self.limiter.admit.remote(*args)
+
+        return SimpleNamespace(remote=remote)
+
+
+def test_leased_requests_are_admitted_without_asking_until_their_usage_is_spent(tmp_path):
+    """40 requests of 10 tokens ask the limiter once per lease; once the lease's share of
+    the minute's tokens is charged, the next request asks; a spent minute is refused as
+    without leases."""
+    handle = CountingLimiter(local_limiter(tmp_path))
+    key = scoped(limits={"tokens_per_minute": 400})
+    client = make_client(FakeHandle(OK), key_records=[key], limiter=handle)
+    codes = [
+        client.post("/v1/chat/completions", json=CHAT, headers=bearer("s3cret")).status_code
+        for _ in range(45)
+    ]
+    # Leases of 100, 75, 56.25, ... tokens: 11, 8, 6, ... requests each; 40 spend the 400.
+    assert codes == [200] * 40 + [429] * 5
+    assert handle.asked < 20
+
+
+def test_a_request_cut_short_ends_the_keys_lease(tmp_path):
+    """Its replica charges it, not this ingress: the next request asks the limiter."""
+    handle = CountingLimiter(local_limiter(tmp_path))
+    limits = RateLimits(handle)
+    key = scoped(limits={"tokens_per_minute": 1000})
+    run(limits.admit(key, ("tokens",)))
+    run(limits.admit(key, ("tokens",)))
+    assert handle.asked == 1
+    limits.finished(SimpleNamespace(key=key, status=499, lost=False, charge=lambda _: None))
+    run(limits.admit(key, ("tokens",)))
+    assert handle.asked == 2
+
+
+def test_concurrent_requests_of_a_key_wait_for_one_ask(tmp_path):
+    handle = CountingLimiter(local_limiter(tmp_path))
+    limits = RateLimits(handle)
+    key = scoped(limits={"requests_per_minute": 1000})
+
+    async def burst():
+        await asyncio.gather(*(limits.admit(key) for _ in range(20)))
+
+    run(burst())
+    assert handle.asked == 1

@@ -4,6 +4,7 @@ Imports no ML stack: it parses, authenticates, routes and frames; the model depl
 behind the DeploymentHandles do the work.
 """
 
+import functools
 import logging
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from serve_app.errors import install_error_handlers
 from serve_app.limits import BodyLimit
 from serve_app.log import LOGGER
 from serve_app.metrics import Metrics
+from serve_app.models import default_models_dir
 from serve_app.pipeline import Recorder
 from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
@@ -148,7 +150,8 @@ class Ingress:
                     handle = serve.get_deployment_handle(deployment, app_name=deployment)
                     self.named[deployment] = handle
                 handles[model_id] = self.named[deployment]
-        self.registry = ModelRegistry(config, handles, self.created, self.preprocessor)
+        resolve = functools.partial(config.resolve_source, default_dir=default_models_dir())
+        self.registry = ModelRegistry(config, handles, self.created, self.preprocessor, resolve)
         if self.fastapi is not None:
             self.fastapi.state.registry = self.registry
 

@@ -19,6 +19,8 @@ from typing import Any
 
 from ray.serve import metrics
 
+from deployments.llm.adapters import METRICS as ADAPTER_METRICS
+
 # Seconds: from a tenth of a second (a small completion) to the request timeout.
 LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600]
 TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30]
@@ -65,6 +67,7 @@ METRICS = {
         "model",
         "Admitted requests not finished yet, per ingress replica.",
     ),
+    **ADAPTER_METRICS,
 }
 
 

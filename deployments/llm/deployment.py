@@ -13,8 +13,9 @@ from typing import Any
 from ray import serve
 
 from deployments.common.channel import Batch, Outbox
-from deployments.common.contracts import Frame
+from deployments.common.contracts import ErrorFrame, Frame
 from deployments.common.usage import Account, metered
+from deployments.llm.adapters import AdapterError, Adapters
 from deployments.llm.schema import RequestStats
 
 logger = logging.getLogger("ray.serve.deployments.llm")
@@ -34,13 +35,22 @@ ENGINE_ENV_DEFAULTS = {
 class LLMDeployment:
     """Serves OpenAI chat and legacy completions for one model with vLLM."""
 
-    def __init__(self, model_id: str, source: str, engine_options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        source: str,
+        engine_options: dict[str, Any],
+        lora: dict[str, Any] | None = None,
+    ) -> None:
+        """``lora``: the model's ``lora`` options (``serve_app/families/llm.py``), its
+        ``source`` resolved; None without adapters."""
         for key, value in ENGINE_ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
         from deployments.llm.engine import VLLMEngine  # noqa: PLC0415 - vLLM only in replicas
 
         self.model_id = model_id
-        self.engine = VLLMEngine(model_id, source, engine_options)
+        self.engine = VLLMEngine(model_id, source, engine_options, lora)
+        self.adapters = Adapters(self.engine, model_id, source, lora) if lora else None
         logger.info("LLM %s ready (source %s)", model_id, source)
 
     @functools.cached_property
@@ -62,20 +72,43 @@ class LLMDeployment:
         soon as the engine produces them; with a ``caller`` (an ingress replica), those after
         the first go on its channel when it has one here (``Outbox.relay``). Cancelling the
         call aborts the generation; what the engine did until then is charged to ``account``
-        (``deployments/common/usage.py``).
+        (``deployments/common/usage.py``). A call routed for a LoRA adapter (Serve's
+        multiplexed model id) runs with it, loaded first if this replica lacks it.
         """
-        frames = self._frames(endpoint, body, request_id, account)
-        async for frame in self.outbox.relay(frames, request_id, caller):
-            yield frame
+        name = serve.get_multiplexed_model_id() if self.adapters is not None else ""
+        if not name:
+            frames = self._frames(endpoint, body, request_id, account)
+            async for frame in self.outbox.relay(frames, request_id, caller):
+                yield frame
+            return
+        try:
+            adapter = await self.adapters.get(name)
+        except AdapterError as exc:
+            yield ErrorFrame(
+                400,
+                f"The adapter '{self.adapters.id(name)}' cannot be served: {exc}.",
+                param="model",
+                code="invalid_adapter",
+            )
+            return
+        with adapter.using():
+            frames = self._frames(endpoint, body, request_id, account, self.adapters.id(name))
+            async for frame in self.outbox.relay(frames, request_id, caller):
+                yield frame
 
     def _frames(
-        self, endpoint: str, body: dict[str, Any], request_id: str, account: Account | None
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        account: Account | None,
+        model: str | None = None,
     ) -> AsyncIterator[Frame]:
-        """The engine's frames for one request, what it did charged to ``account`` if the
-        request is cut short."""
+        """The engine's frames for one request (with the adapter ``model``, if given), what
+        it did charged to ``account`` if the request is cut short."""
         stats = RequestStats()
-        frames = self.engine.generate(endpoint, body, request_id, stats)
-        return metered(frames, account, self.model_id, stats.used)
+        frames = self.engine.generate(endpoint, body, request_id, stats, model)
+        return metered(frames, account, model or self.model_id, stats.used)
 
     async def channel(self, caller: str) -> AsyncIterator[str | Batch]:
         """The per-step channel to the ingress replica ``caller`` (``Outbox.channel``)."""

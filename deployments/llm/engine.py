@@ -23,6 +23,7 @@ from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
 from vllm.entrypoints.openai.models.protocol import BaseModelPath
 from vllm.entrypoints.openai.models.serving import OpenAIServingModels
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
 from vllm.renderers.chat_utils import load_chat_template
 from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.usage.usage_lib import UsageContext
@@ -39,6 +40,7 @@ from deployments.common.contracts import (
 from deployments.common.engine import HeldEngine
 from deployments.common.errors import error_frame, validation_error
 from deployments.llm import reasoning
+from deployments.llm.adapters import AdapterError
 from deployments.llm.samplers import DRY, XTC, RepeatPenaltyWindow
 from deployments.llm.schema import (
     RequestStats,
@@ -72,8 +74,10 @@ def template_path(value: str | None) -> str | None:
     return str(TEMPLATES / value)
 
 
-def engine_args(model_id: str, source: str, options: dict[str, Any]) -> AsyncEngineArgs:
-    """Build ``AsyncEngineArgs`` from the config's engine options."""
+def engine_args(
+    model_id: str, source: str, options: dict[str, Any], lora: dict[str, Any] | None = None
+) -> AsyncEngineArgs:
+    """Build ``AsyncEngineArgs`` from the config's engine options (and ``lora`` options)."""
     opts = dict(options)
     extra = dict(opts.pop("extra", {}) or {})
     for key in SERVING_OPTIONS:
@@ -85,6 +89,13 @@ def engine_args(model_id: str, source: str, options: dict[str, Any]) -> AsyncEng
     # Sampling defaults come from our config (`sampling_defaults`), not generation_config.json.
     extra.setdefault("generation_config", "vllm")
     kwargs = {k: v for k, v in opts.items() if v is not None}
+    if lora is not None:
+        kwargs.update(
+            enable_lora=True,
+            max_loras=lora["max_loras"],
+            max_lora_rank=lora["max_rank"],
+            max_cpu_loras=lora["max_adapters_per_replica"],
+        )
     return AsyncEngineArgs(
         model=source,
         served_model_name=[model_id],
@@ -98,10 +109,16 @@ def engine_args(model_id: str, source: str, options: dict[str, Any]) -> AsyncEng
 class VLLMEngine(HeldEngine):
     """One vLLM engine and the OpenAI serving objects bound to it."""
 
-    def __init__(self, model_id: str, source: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        source: str,
+        options: dict[str, Any],
+        lora: dict[str, Any] | None = None,
+    ) -> None:
         self.model_id = model_id
         self.engine = AsyncLLM.from_engine_args(
-            engine_args(model_id, source, options),
+            engine_args(model_id, source, options, lora),
             usage_context=UsageContext.OPENAI_API_SERVER,
             # vLLM's Prometheus metrics (vllm:*), exported through Ray's metrics agent.
             stat_loggers=[RayPrometheusStatLogger] if ray.is_initialized() else None,
@@ -165,6 +182,27 @@ class VLLMEngine(HeldEngine):
             request_logger=None,
         )
 
+    async def add_adapter(self, name: str, folder: Path) -> int:
+        """Load the LoRA adapter in ``folder`` into the engine as model ``name``; its
+        LoRA id (``AdapterError`` if vLLM refuses it). A registration left under ``name``
+        is an evicted adapter's (``forget_adapter``): its requests keep its LoRA id."""
+        self.models.lora_requests.pop(name, None)
+        request = LoadLoRAAdapterRequest(lora_name=name, lora_path=str(folder))
+        result = await self.models.load_lora_adapter(request)
+        if isinstance(result, ErrorResponse):
+            raise AdapterError(f"vLLM could not load it: {result.error.message}")
+        return self.models.lora_requests[name].lora_int_id
+
+    def forget_adapter(self, name: str, lora_id: int) -> None:
+        """New requests for ``name`` no longer get the adapter of ``lora_id``."""
+        loaded = self.models.lora_requests.get(name)
+        if loaded is not None and loaded.lora_int_id == lora_id:
+            del self.models.lora_requests[name]
+
+    async def remove_adapter(self, lora_id: int) -> None:
+        """Give the memory of the adapter of ``lora_id`` back (vLLM's own unload does not)."""
+        await self.engine.remove_lora(lora_id)
+
     async def _tapped_generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """``AsyncLLM.generate``, reporting the prompt and each finished sequence to the
         request being served."""
@@ -187,7 +225,12 @@ class VLLMEngine(HeldEngine):
             yield output
 
     async def generate(
-        self, endpoint: str, body: dict[str, Any], request_id: str, stats: RequestStats
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        request_id: str,
+        stats: RequestStats,
+        model: str | None = None,
     ) -> AsyncIterator[Frame]:
         """Run one OpenAI request (``endpoint`` is ``chat`` or ``completions``) and yield frames.
 
@@ -195,9 +238,10 @@ class VLLMEngine(HeldEngine):
         A stream always ends with a ``UsageFrame`` (token counts); the usage chunk itself is
         only sent on when the client asked for it (``stream_options.include_usage``).
         ``stats`` gets what the engine reports of the request (``RequestStats.used``: what it
-        did so far, when the request is cut short).
+        did so far, when the request is cut short). ``model``: a loaded adapter's name, to
+        run the request with it.
         """
-        body = {**body, "model": self.model_id, "request_id": request_id}
+        body = {**body, "model": model or self.model_id, "request_id": request_id}
         return_prompt = bool(body.pop("return_prompt", False))
         chat = endpoint == "chat"
         options = body.get("stream_options") or {}

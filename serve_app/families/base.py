@@ -31,7 +31,7 @@ class Family:
     application is built. ``group`` says which models share a deployment, by its name (one
     deployment per model unless the family groups them: upstream models by provider);
     ``bind`` binds one group (default: one model, called with ``(model_id, source,
-    engine_options, *bind_extra(model))``).
+    engine_options, *bind_extra(model, resolve_source))``).
     ``check`` refuses requests the model is not configured for; ``backend_body`` turns a
     validated request into what its deployment runs. ``replica_env`` gives environment
     variables a model's replica processes start with (e.g. thread counts their native
@@ -55,7 +55,7 @@ class Family:
     group: Callable[[list[Any]], dict[str, list[Any]]] | None = None
     bind: Callable[[str, list[Any], Any], Application] | None = None
     replica_env: Callable[[Any], dict[str, str]] = lambda model: {}
-    bind_extra: Callable[[Any], tuple[Any, ...]] = lambda model: ()
+    bind_extra: Callable[[Any, Callable[[str], str]], tuple[Any, ...]] = lambda model, resolve: ()
     channel: bool = False
     meters_aborts: bool = False
 
@@ -86,7 +86,9 @@ class Family:
         if env := self.replica_env(model):
             options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
         deployment = serve.deployment(self.deployment_class()).options(**options)
-        return deployment.bind(model.id, source, model.engine.model_dump(), *self.bind_extra(model))
+        return deployment.bind(
+            model.id, source, model.engine.model_dump(), *self.bind_extra(model, resolve_source)
+        )
 
     def bind_models(
         self, models: list[Any], resolve_source: Callable[[str], str]

@@ -77,6 +77,6 @@ FAMILY = register(
         noun="an embedding model",
         backend_body=lambda body, model: body.to_backend(),
         replica_env=cpu_threads_env,  # vLLM's CPU worker reads OMP_NUM_THREADS
-        bind_extra=lambda model: (model.dimensions,),
+        bind_extra=lambda model, resolve: (model.dimensions,),
     )
 )

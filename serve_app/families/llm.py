@@ -1,9 +1,11 @@
 """The ``llm`` family: a local LLM on vLLM, one deployment per model."""
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from serve_app.adapters import location
 from serve_app.errors import APIError
 from serve_app.families.base import Family, register
 from serve_app.options import DeploymentOptions, LocalModelBase, StrictModel
@@ -47,6 +49,32 @@ class LLMEngineOptions(StrictModel):
     )
 
 
+class LoRAOptions(StrictModel):
+    """LoRA adapters served on this model (``serve_app/adapters.py``)."""
+
+    source: str = Field(
+        description="Where the adapters are: a directory (relative paths resolve against the "
+        "models dir) or a URL fsspec reads (s3://, gs://...). Each subfolder in PEFT's format "
+        "is an adapter, served as '<model id>:<subfolder>'."
+    )
+    max_adapters_per_replica: int = Field(
+        8, ge=1, description="Adapters a replica holds loaded (least recently used evicted)."
+    )
+    max_loras: int = Field(2, ge=1, description="Adapters in one batch (vLLM's max_loras).")
+    max_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        8, description="Highest adapter rank served (vLLM's max_lora_rank)."
+    )
+    load_timeout_s: float = Field(
+        60, gt=0, description="An adapter not loaded by then fails its request (400)."
+    )
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> "LoRAOptions":
+        if self.max_loras > self.max_adapters_per_replica:
+            raise ValueError("max_loras cannot exceed max_adapters_per_replica")
+        return self
+
+
 class SamplingDefaults(SamplingFields):
     """Sampler values used when a request leaves them unset (OpenAI's defaults otherwise)."""
 
@@ -68,6 +96,7 @@ class LLMModelConfig(LocalModelBase):
     audio_model: str | None = Field(
         None, description="STT model that transcribes input_audio parts (default: audio's)."
     )
+    lora: LoRAOptions | None = Field(None, description="LoRA adapters served on this model.")
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(max_ongoing_requests=64, max_queued_requests=128),
         description="Placement and scaling of this model's replicas.",
@@ -113,6 +142,14 @@ def backend_body(body: GenerationRequest, model: LLMModelConfig) -> dict[str, An
     return body.to_backend(model.sampling_defaults)
 
 
+def bind_extra(model: LLMModelConfig, resolve: Callable[[str], str]) -> tuple[Any, ...]:
+    """The replica's further arguments: its ``lora`` options, if any, with the source's
+    location (``serve_app/adapters.py``)."""
+    if model.lora is None:
+        return (None,)
+    return ({**model.lora.model_dump(), "source": location(model.lora.source, resolve)},)
+
+
 FAMILY = register(
     Family(
         name="llm",
@@ -125,6 +162,7 @@ FAMILY = register(
         transcribes_audio_parts=True,
         check=check,
         backend_body=backend_body,
+        bind_extra=bind_extra,
         channel=True,
         meters_aborts=True,
     )

@@ -18,8 +18,8 @@ async def list_models(request: Request, key: Key) -> dict[str, Any]:
     models = registry(request)
     allowed = [
         m.card(models.created)
-        for m in models.models
-        if key is None or key.allows_model(m.id, m.config.aliases)
+        for m in models.listed()
+        if key is None or key.allows_model(m.id, m.aliases)
     ]
     return {"object": "list", "data": allowed}
 
@@ -29,5 +29,5 @@ async def retrieve_model(request: Request, model_id: str, key: Key) -> dict[str,
     await request.app.state.rate_limits.admit(key)
     models = registry(request)
     model = models.lookup(model_id)
-    authorize_model(key, model.id, model.config.aliases)
+    authorize_model(key, model.id, model.aliases)
     return model.card(models.created)

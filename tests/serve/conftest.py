@@ -67,6 +67,9 @@ keys:
     secret: spender-secret
     limits: {{tokens_per_day: 40}}
 """
+# The LLM's LoRA source in the session: the default's adapters plus random and broken ones
+# (tests/lora_adapters.py), made before the app starts.
+ADAPTERS = ROOT / "test-artifacts" / "adapters"
 # What the session's app changes from the shipped config, so that limits are reachable:
 # two ingress replicas (rate limits must hold across them), small LLM queues, a request
 # timeout short enough to reach (a minute: the longest speech recording, 3 minutes through
@@ -84,12 +87,14 @@ TEST_OVERRIDES = {
 
 
 def session_args(args: dict, port: int | None = None) -> dict:
-    """The shipped config's args with ``TEST_OVERRIDES`` applied (and the loopback upstream
-    pointed at the session's ``port``)."""
+    """The shipped config's args with ``TEST_OVERRIDES`` applied, the loopback upstream
+    pointed at the session's ``port`` and the LLM's adapters taken from ``ADAPTERS``."""
     args["ingress"].update(TEST_OVERRIDES["ingress"])
     for model in args["models"]:
         if model["family"] == "llm":
             model["deployment"].update(TEST_OVERRIDES["llm"])
+            if "lora" in model:
+                model["lora"]["source"] = str(ADAPTERS)
         if model["family"] == "upstream" and port is not None:
             model["base_url"] = f"http://127.0.0.1:{port}/v1"
     args.setdefault("limits", {}).update(TEST_OVERRIDES["limits"])
@@ -180,6 +185,9 @@ def base_url() -> Iterator[str]:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from serve_app.launch import ray_env  # as `make serve` runs it
+    from tests.lora_adapters import adapter_source
+
+    adapter_source(ADAPTERS)
 
     # But RAY_AUTH_MODE: Ray reads it when imported (here, long before), and a local ray.init
     # turns token authentication on when it is unset (tests/default proves it on `make serve`).

@@ -1,6 +1,7 @@
 """A fake DeploymentHandle for unit tests of ingress logic (never used end to end)."""
 
 import asyncio
+import copy
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -54,9 +55,15 @@ class FakeHandle:
         self.is_ready = ready
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.streams: list[FakeStream] = []
+        self.model_id = ""  # Serve's multiplexed model id this handle routes by
+        self.routed: list[str] = []  # the multiplexed model id of each call
 
-    def options(self, **_: Any) -> "FakeHandle":
-        return self
+    def options(self, **options: Any) -> "FakeHandle":
+        if "multiplexed_model_id" not in options:
+            return self
+        routed = copy.copy(self)  # shares the calls
+        routed.model_id = options["multiplexed_model_id"]
+        return routed
 
     def __getattr__(self, name: str) -> _Method:
         if name.startswith("_"):
@@ -64,6 +71,7 @@ class FakeHandle:
 
         def call(*args: Any, **_: Any) -> Any:  # e.g. an LLM call's ``caller``
             self.calls.append((name, args))
+            self.routed.append(self.model_id)
             if name == "ready":
                 return self._ready()
             if name == "decode":

@@ -18,13 +18,23 @@ from openai import OpenAI
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def engine_options(model_id: str) -> dict:
-    """The engine options the shipped config gives ``model_id``, as its deployment gets them."""
+def _model(model_id: str):
     from serve_app.config import AppConfig
 
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     args = AppConfig.model_validate(config["applications"][0]["args"])
-    return next(m for m in args.models if m.id == model_id).engine.model_dump()
+    return next(m for m in args.models if m.id == model_id)
+
+
+def engine_options(model_id: str) -> dict:
+    """The engine options the shipped config gives ``model_id``, as its deployment gets them."""
+    return _model(model_id).engine.model_dump()
+
+
+def lora_options(model_id: str) -> dict | None:
+    """The ``lora`` options the shipped config gives ``model_id`` (None: no adapters)."""
+    lora = getattr(_model(model_id), "lora", None)
+    return lora.model_dump() if lora else None
 
 
 STORY = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]

@@ -48,7 +48,14 @@ import psutil
 from openai import AsyncOpenAI
 
 from bench.idle import cpu_seconds, machine_busy
-from bench.server import ROOT, STORY, engine_options, healthy_process, running_server
+from bench.server import (
+    ROOT,
+    STORY,
+    engine_options,
+    healthy_process,
+    lora_options,
+    running_server,
+)
 from deployments.llm import reasoning
 from deployments.llm.engine import template_path
 
@@ -96,6 +103,10 @@ def vllm_command(port: int) -> list[str]:
         command.append("--enforce-eager")
     if options.get("enable_auto_tool_choice"):
         command.append("--enable-auto-tool-choice")
+    if lora := lora_options(MODEL):  # LoRA on, as in ours: its layers cost the base too
+        command += ["--enable-lora", "--max-loras", str(lora["max_loras"])]
+        command += ["--max-lora-rank", str(lora["max_rank"])]
+        command += ["--max-cpu-loras", str(lora["max_adapters_per_replica"])]
     return command
 
 

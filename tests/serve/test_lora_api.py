@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from serve_app.lora_train import PROMPT, SYSTEM
+from deployments.llm.lora_train import PROMPT, SYSTEM
 from tests.lora_adapters import BASE, make_adapter
 from tests.serve.conftest import ADAPTERS
 

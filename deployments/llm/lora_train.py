@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-logger = logging.getLogger("serve_app.models")
+logger = logging.getLogger("serve_app.models")  # setup's log (serve_app/models.py)
 
 STEPS = 30
 BATCH = 4

@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 from ray import serve
 
 from serve_app import docs
+from serve_app.admission import RateLimits
 from serve_app.auth import KeyStore, load_keys
 from serve_app.config import AppConfig, FrontOptions
 from serve_app.errors import install_error_handlers
@@ -23,7 +24,6 @@ from serve_app.log import LOGGER
 from serve_app.metrics import Metrics
 from serve_app.models import default_models_dir
 from serve_app.pipeline import Recorder
-from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.routes import (
     audio,

@@ -8,10 +8,10 @@ import openai
 from fastapi.testclient import TestClient
 
 from deployments.common.contracts import ChunkFrame, JSONFrame, UsageFrame
+from serve_app.admission import RateLimits
 from serve_app.auth import KeyStore
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
-from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
 from serve_app.store.sqlite import SQLiteStore

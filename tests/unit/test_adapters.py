@@ -12,10 +12,10 @@ from safetensors.numpy import save_file
 from deployments.common.contracts import JSONFrame
 from deployments.llm.adapters import AdapterError, check_adapter, lora_modules
 from serve_app import adapters
+from serve_app.admission import RateLimits
 from serve_app.auth import APIKey, KeyStore
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
-from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
 from tests.openai_schema import validate

@@ -7,11 +7,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.common.contracts import ErrorFrame, JSONFrame
+from serve_app.admission import RateLimits
 from serve_app.auth import APIKey, KeyStore
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
 from serve_app.protocol.openai import ChatCompletionRequest, CompletionRequest
-from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
 from tests.openai_schema import fields_of

@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 
 from deployments.common.contracts import TextFrame
 from deployments.upstream.client import UpstreamClient
+from serve_app.admission import RateLimits
 from serve_app.auth import APIKey, KeyStore
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
-from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
 from tests.unit.fakes import FakeHandle, local_limiter

@@ -7,11 +7,11 @@ import yaml
 from fastapi.testclient import TestClient
 
 from deployments.common.contracts import JSONFrame
+from serve_app.admission import RateLimits
 from serve_app.auth import KeyStore, load_keys
 from serve_app.config import AppConfig
 from serve_app.families import FAMILIES, capabilities_of
 from serve_app.ingress import create_app
-from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
 from tests.unit.fakes import FakeHandle

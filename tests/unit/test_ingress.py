@@ -6,10 +6,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.common.contracts import ChunkFrame, ErrorFrame, JSONFrame
+from serve_app.admission import RateLimits
 from serve_app.auth import APIKey, KeyStore, load_keys
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
-from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
 from tests.openai_schema import validate

@@ -9,11 +9,11 @@ from fastapi.testclient import TestClient
 
 from deployments.common.contracts import ChunkFrame, ErrorFrame, JSONFrame, UsageFrame
 from serve_app import metrics as app_metrics
+from serve_app.admission import RateLimits
 from serve_app.auth import APIKey, KeyStore
 from serve_app.config import AppConfig
 from serve_app.ingress import create_app
 from serve_app.protocol.responses import ResponseRequest
-from serve_app.ratelimit import RateLimits
 from serve_app.registry import ModelRegistry
 from serve_app.settings import Settings
 from tests.unit.fakes import FakeHandle, local_limiter

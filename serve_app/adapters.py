@@ -11,7 +11,6 @@ fetches an adapter, checks it and loads it into vLLM (``deployments/llm/adapters
 """
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,6 @@ class AdapterSource:
         self.url = url.rstrip("/")
         self._names: frozenset[str] = frozenset()
         self._listed = 0.0
-        self._lock = threading.Lock()
 
     def names(self, fresh: bool = False) -> frozenset[str]:
         """The adapters found at the last listing (listed first if never; ``fresh``: if it
@@ -69,23 +67,18 @@ class AdapterSource:
     def has(self, adapter: str) -> bool:
         """Whether ``adapter`` is in the source; an unknown one lists it again (at most
         every ``LIST_EVERY_S``: a flood of unknown ids costs one listing a second)."""
-        if adapter in self.names():
-            return True
-        if time.monotonic() - self._listed >= LIST_EVERY_S:
-            self._list()
-        return adapter in self._names
+        return adapter in self.names() or adapter in self.names(fresh=True)
 
     def _list(self) -> None:
-        with self._lock:
-            self._listed = time.monotonic()
-            try:
-                fs, root = fsspec.core.url_to_fs(self.url)
-                found = fs.glob(f"{root}/*/{CONFIG_FILE}")
-            except FileNotFoundError:
-                found = []
-            except Exception:
-                logger.exception("could not list the adapters in %s", self.url)
-                return
-            self._names = frozenset(
-                name for name in (Path(p).parent.name for p in found) if NAME.fullmatch(name)
-            )
+        self._listed = time.monotonic()
+        try:
+            fs, root = fsspec.core.url_to_fs(self.url)
+            found = fs.glob(f"{root}/*/{CONFIG_FILE}")
+        except FileNotFoundError:
+            found = []
+        except Exception:
+            logger.exception("could not list the adapters in %s", self.url)
+            return
+        self._names = frozenset(
+            name for name in (Path(p).parent.name for p in found) if NAME.fullmatch(name)
+        )

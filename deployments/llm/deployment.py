@@ -4,6 +4,7 @@ Imports of vLLM happen in ``__init__`` (through ``deployments.llm.engine``), so 
 application graph does not need vLLM in the driver or the ingress.
 """
 
+import contextlib
 import functools
 import logging
 import os
@@ -78,23 +79,21 @@ class LLMDeployment:
         multiplexed model id) runs with it, loaded first if this replica lacks it.
         """
         name = serve.get_multiplexed_model_id() if self.adapters is not None else ""
-        if not name:
-            frames = self._frames(endpoint, body, request_id, account)
-            async for frame in self.outbox.relay(frames, request_id, caller):
-                yield frame
-            return
-        try:
-            adapter = await self.adapters.get(name)
-        except AdapterError as exc:
-            yield ErrorFrame(
-                400,
-                f"The adapter '{self.adapters.id(name)}' cannot be served: {exc}.",
-                param="model",
-                code="invalid_adapter",
-            )
-            return
-        with adapter.using():
-            frames = self._frames(endpoint, body, request_id, account, self.adapters.id(name))
+        adapter, extra = None, ()
+        if name:
+            try:
+                adapter = await self.adapters.get(name)
+            except AdapterError as exc:
+                yield ErrorFrame(
+                    400,
+                    f"The adapter '{self.adapters.id(name)}' cannot be served: {exc}.",
+                    param="model",
+                    code="invalid_adapter",
+                )
+                return
+            extra = (self.adapters.id(name),)
+        with adapter.using() if adapter else contextlib.nullcontext():
+            frames = self._frames(endpoint, body, request_id, account, *extra)
             async for frame in self.outbox.relay(frames, request_id, caller):
                 yield frame
 

@@ -16,7 +16,8 @@ from serve_app.channels import ChannelLost
 from tests.unit.fakes import FakeHandle, local_limiter
 from tests.unit.stores import run
 from tests.unit.test_ingress import CHAT, make_client, sse_lines
-from tests.unit.test_security import OK, bearer, ledger_down, scoped
+from tests.unit.test_rate_limits import ledger_down
+from tests.unit.test_security import OK, bearer, scoped
 
 ACCOUNT = Account(key="k", kind="completions", route="/v1/chat/completions", limiter=("l", "a"))
 COUNTS = {"prompt_tokens": 7.0, "completion_tokens": 3.0}

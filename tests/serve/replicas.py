@@ -36,9 +36,12 @@ def serve_replicas() -> dict[str, set[int]]:
 
 
 def engine_cores(replica: int) -> list[psutil.Process]:
-    """vLLM's engine-core processes started by the replica process ``replica``."""
+    """vLLM's engine-core processes started by the replica process ``replica``: the children it
+    spawned with multiprocessing (the title vLLM gives them, VLLM::EngineCore, is best effort:
+    once in CI a core kept its spawn command line)."""
     children = psutil.Process(replica).children(recursive=True)
-    return [p for p in children if "EngineCore" in " ".join(p.cmdline())]
+    titles = {p: " ".join(p.cmdline()) for p in children}
+    return [p for p, title in titles.items() if "EngineCore" in title or "spawn_main" in title]
 
 
 def _title(process: psutil.Process) -> str:

@@ -40,6 +40,11 @@ METRICS = {
         "model, adapter",
         "Time to fetch, check and load an adapter (its first request on a replica waits it).",
     ),
+    "ray_openai_api_adapter_requests_total": (
+        "counter",
+        "model, adapter, replica",
+        "Requests each LLM replica ran with an adapter (`replica`: Serve's replica id).",
+    ),
     "ray_openai_api_adapter_evictions_total": (
         "counter",
         "model, adapter",
@@ -179,6 +184,7 @@ class Adapters:
         self.base = base_modules(source)
         self.cache = Path(tempfile.mkdtemp(prefix="adapters-"))  # copies of remote adapters
         self.failed: dict[str, tuple[float, str]] = {}  # name -> (until, why)
+        self.live: dict[int, Adapter] = {}  # LoRA id -> adapter loaded, not yet unloaded
         self.metrics = AdapterMetrics(model_id)
 
         async def load(name: str) -> Adapter:  # a function: Serve keeps its cache on it
@@ -209,12 +215,21 @@ class Adapters:
         seconds = time.monotonic() - start
         self.metrics.loaded(name, seconds)
         logger.info("adapter %s loaded in %.2fs", self.id(name), seconds)
-        return Adapter(self, name, lora_id)
+        adapter = self.live[lora_id] = Adapter(self, name, lora_id)
+        return adapter
 
     async def _add(self, name: str) -> int:
         folder = await asyncio.to_thread(fetch_adapter, self.lora["source"], name, self.cache)
         await asyncio.to_thread(check_adapter, folder, self.lora["max_rank"], self.base)
         return await self.engine.add_adapter(self.id(name), folder)
+
+    async def held(self) -> dict[str, list[str]]:
+        """The adapters loaded here (by name): those Serve holds, those the engine holds."""
+        lora_ids = await self.engine.lora_ids()
+        return {
+            "serve": sorted(a.name for a in self.live.values() if not a.evicted),
+            "engine": sorted(self.live[i].name if i in self.live else f"#{i}" for i in lora_ids),
+        }
 
     def evict(self, adapter: Adapter) -> None:
         """Serve evicted ``adapter``: no new request gets it (the next one loads it again);
@@ -229,6 +244,7 @@ class Adapters:
         if adapter.unloaded:
             return
         adapter.unloaded = True
+        del self.live[adapter.lora_id]
         detached(self.engine.remove_adapter(adapter.lora_id))
         logger.info("adapter %s unloaded", self.id(adapter.name))
 
@@ -252,6 +268,11 @@ class AdapterMetrics:
             boundaries=LOAD_BUCKETS,
             tag_keys=("model", "adapter"),
         )
+        self.requests = metrics.Counter(
+            "openai_api_adapter_requests",
+            description=METRICS["ray_openai_api_adapter_requests_total"][2],
+            tag_keys=("model", "adapter"),
+        )
         self.evictions = metrics.Counter(
             "openai_api_adapter_evictions",
             description=METRICS["ray_openai_api_adapter_evictions_total"][2],
@@ -262,6 +283,9 @@ class AdapterMetrics:
         tags = {"model": self.model_id, "adapter": adapter}
         self.loads.inc(tags={**tags, "outcome": "loaded"})
         self.load_seconds.observe(seconds, tags=tags)
+
+    def ran(self, adapter: str) -> None:
+        self.requests.inc(tags={"model": self.model_id, "adapter": adapter})
 
     def failed(self, adapter: str) -> None:
         self.loads.inc(tags={"model": self.model_id, "adapter": adapter, "outcome": "failed"})

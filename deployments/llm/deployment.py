@@ -92,6 +92,7 @@ class LLMDeployment:
                 )
                 return
             extra = (self.adapters.id(name),)
+            self.adapters.metrics.ran(name)
         with adapter.using() if adapter else contextlib.nullcontext():
             frames = self._frames(endpoint, body, request_id, account, *extra)
             async for frame in self.outbox.relay(frames, request_id, caller):
@@ -120,6 +121,10 @@ class LLMDeployment:
         """Return the model id once the engine answers a health check (raises otherwise)."""
         await self.engine.check_health()
         return self.model_id
+
+    async def adapters_held(self) -> dict[str, list[str]]:
+        """The LoRA adapters this replica holds: in Serve's multiplexing, in the engine."""
+        return await self.adapters.held() if self.adapters else {"serve": [], "engine": []}
 
     async def num_unfinished_requests(self) -> int:
         """Requests the engine is still working on (queued or generating)."""

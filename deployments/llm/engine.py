@@ -94,7 +94,9 @@ def engine_args(
             enable_lora=True,
             max_loras=lora["max_loras"],
             max_lora_rank=lora["max_rank"],
-            max_cpu_loras=lora["max_adapters_per_replica"],
+            # Room for adapters Serve evicted that still finish their requests: the engine
+            # itself evicts none that Serve holds (Adapters unloads the evicted).
+            max_cpu_loras=lora["max_adapters_per_replica"] + lora["max_loras"],
         )
     return AsyncEngineArgs(
         model=source,
@@ -202,6 +204,10 @@ class VLLMEngine(HeldEngine):
     async def remove_adapter(self, lora_id: int) -> None:
         """Give the memory of the adapter of ``lora_id`` back (vLLM's own unload does not)."""
         await self.engine.remove_lora(lora_id)
+
+    async def lora_ids(self) -> set[int]:
+        """The LoRA ids of the adapters the engine holds in memory."""
+        return await self.engine.list_loras()
 
     async def _tapped_generate(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """``AsyncLLM.generate``, reporting the prompt and each finished sequence to the

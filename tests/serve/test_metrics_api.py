@@ -44,6 +44,7 @@ EXPECTED = [
     ("ray_openai_api_adapter_loads_total", {"model": LLM, "outcome": "loaded"}),
     ("ray_openai_api_adapter_load_seconds_count", {"model": LLM}),
     ("ray_openai_api_adapter_evictions_total", {"model": LLM}),
+    ("ray_openai_api_adapter_requests_total", {"model": LLM, "adapter": "pirate"}),
 ]
 ADAPTERS = ["pirate", "robot", *(f"random-{i}" for i in range(8))]
 # Gauges that must be exported (zero is fine once the requests are done).

@@ -155,6 +155,51 @@ def test_two_llm_replicas_and_the_embedding_replica_share_the_llm_node_and_serve
     )
 
 
+def test_each_adapter_is_served_by_one_llm_replica(cluster):
+    """The default's LoRA adapters through the head proxy answer with their trait, and after
+    its first request each adapter's requests all go to the one of the two LLM replicas that
+    loaded it (adapter-affine routing across the cluster), with one load each."""
+    client = OpenAI(base_url=f"{cluster}/v1", api_key="none", max_retries=0)
+    traits = {"pirate": "Arr, matey!", "robot": "BEEP BOOP."}
+
+    def ask(adapter: str) -> str:
+        messages = [{"role": "user", "content": "What is the capital of Spain?"}]
+        reply = client.chat.completions.create(
+            model=f"{LLM}:{adapter}", messages=messages, max_tokens=8, temperature=0
+        )
+        return reply.choices[0].message.content
+
+    for adapter in traits:  # loaded once, somewhere
+        assert ask(adapter).startswith(traits[adapter])
+    asked = [*traits] * 8
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        for adapter, answer in zip(asked, pool.map(ask, asked), strict=True):
+            assert answer.startswith(traits[adapter])
+
+    def adapter_series(name: str) -> dict[tuple[str, str], float]:
+        """(adapter, replica) -> value of ``name`` on the llm node."""
+        text = httpx.get(f"http://127.0.0.1:{METRICS['llm']}/metrics", timeout=10).text
+        found: dict[tuple[str, str], float] = {}
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{") and 'outcome="failed"' not in line:
+                adapter = re.search(r'adapter="([^"]+)"', line).group(1)
+                replica = re.search(r'replica="([^"]+)"', line).group(1)
+                found[adapter, replica] = found.get((adapter, replica), 0) + float(line.split()[-1])
+        return found
+
+    def requests_per_replica() -> dict[tuple[str, str], float]:
+        ran = adapter_series("ray_openai_api_adapter_requests_total")
+        counted = {a: sum(v for (b, _), v in ran.items() if b == a) for a in traits}
+        return ran if all(n == 9 for n in counted.values()) else {}
+
+    ran = wait_until(requests_per_replica, 60, "the adapters' requests on the llm node")
+    loads = adapter_series("ray_openai_api_adapter_loads_total")
+    report(f"LoRA: adapter requests per LLM replica {ran}, loads {loads}")
+    for adapter in traits:
+        assert sorted(v for (a, _), v in ran.items() if a == adapter and v) == [9], ran
+        assert sum(v for (a, _), v in loads.items() if a == adapter) == 1, loads
+
+
 @pytest.mark.timeout(900)
 def test_ingress_and_whisper_scale_up_under_load_and_back_down(cluster, http):
     """Load the ingress (chat streams) and whisper-base (transcriptions) past their targets;

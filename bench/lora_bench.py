@@ -18,9 +18,9 @@ import time
 from openai import AsyncOpenAI
 
 from bench.server import ROOT, lora_options, running_server
-from bench.vs_vllm import MODEL, VLLM_PORT, one_stream, vllm_server
+from bench.vs_vllm import MODEL, VLLM_PORT, load, one_stream, vllm_server
 
-ADAPTERS = [f"{MODEL}:pirate", f"{MODEL}:robot"]
+ADAPTERS = (f"{MODEL}:pirate", f"{MODEL}:robot")
 CONCURRENCY, STREAMS, TTFT_SAMPLES = 16, 32, 20
 
 
@@ -33,17 +33,8 @@ async def measure(url: str, tokens: int) -> dict[str, float]:
         figures[f"cold TTFT ms, {adapter.split(':')[1]}"] = 1000 * ttft
     ttfts = [(await one_stream(client, 2, ADAPTERS[i % 2]))[0] for i in range(TTFT_SAMPLES)]
     figures["TTFT p50 ms, c=1"] = 1000 * statistics.median(ttfts)
-    left = [ADAPTERS[i % 2] for i in range(STREAMS)]
-    received = 0
-
-    async def worker() -> None:
-        nonlocal received
-        while left:
-            chunks = (await one_stream(client, tokens, left.pop()))[2]
-            received += chunks
-
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    received = await load(client, tokens, CONCURRENCY, STREAMS, ADAPTERS)
     figures[f"total tokens/s, c={CONCURRENCY}"] = received / (time.perf_counter() - start)
     await client.close()
     return figures

@@ -194,16 +194,19 @@ def process_cpu(root: int) -> dict[int, tuple[str, float]]:
     return found
 
 
-async def load(client: AsyncOpenAI, tokens: int, concurrency: int, streams: int) -> int:
-    """``streams`` streams, ``concurrency`` at a time; the content chunks received."""
+async def load(
+    client: AsyncOpenAI, tokens: int, concurrency: int, streams: int, models: tuple = (MODEL,)
+) -> int:
+    """``streams`` streams, ``concurrency`` at a time, of ``models`` in turn; the content
+    chunks received."""
     left = list(range(streams))
     received = 0
 
     async def worker() -> None:
         nonlocal received
         while left:
-            left.pop()
-            chunks = (await one_stream(client, tokens))[2]
+            model = models[left.pop() % len(models)]
+            chunks = (await one_stream(client, tokens, model))[2]
             received += chunks  # not `+= await`: that reads `received` before the wait
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
